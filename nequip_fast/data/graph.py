@@ -1,0 +1,125 @@
+"""``AtomicGraph``: the typed input of the model, one or many structures in one graph."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from .neighbors import neighbor_list
+
+
+class UnknownSpeciesError(ValueError):
+    pass
+
+
+def species_indices(symbols: Sequence[str], species: Sequence[str]) -> np.ndarray:
+    """Model type index of each atom; an element the model lacks is an error naming it."""
+    index = {s: k for k, s in enumerate(species)}
+    unknown = sorted(set(symbols) - set(index))
+    if unknown:
+        raise UnknownSpeciesError(f"species {unknown} not in the model's species {list(species)}")
+    return np.array([index[s] for s in symbols], dtype=np.int64)
+
+
+@dataclass
+class AtomicGraph:
+    """Atoms and their neighbour graph; several structures are stacked along the atom axis.
+
+    edge_index: (2, E), row 0 the centre atom i (receiver), row 1 the neighbour j (sender); the
+      edge vector is ``pos[j] - pos[i] + edge_shift @ cell[batch[i]]``.
+    Reference targets (energy, forces, stress) are optional and used by training/evaluation.
+    """
+
+    pos: torch.Tensor  # (N, 3)
+    species: torch.Tensor  # (N,) model type indices
+    cell: torch.Tensor  # (B, 3, 3), rows are lattice vectors
+    pbc: torch.Tensor  # (B, 3) bool
+    edge_index: torch.Tensor  # (2, E)
+    edge_shift: torch.Tensor  # (E, 3) integer cell shifts, in pos dtype
+    batch: torch.Tensor  # (N,) structure index of each atom
+    energy: Optional[torch.Tensor] = None  # (B,)
+    forces: Optional[torch.Tensor] = None  # (N, 3)
+    stress: Optional[torch.Tensor] = None  # (B, 3, 3), ASE sign convention
+
+    @property
+    def num_graphs(self) -> int:
+        return self.cell.shape[0]
+
+    @property
+    def num_atoms(self) -> torch.Tensor:
+        return torch.bincount(self.batch, minlength=self.num_graphs)
+
+    @staticmethod
+    def from_atoms(atoms: Atoms, species: Sequence[str], r_max: float, dtype=torch.float64,
+                   targets: bool = False) -> "AtomicGraph":
+        types = species_indices(atoms.get_chemical_symbols(), species)
+        edge_index, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, r_max)
+        graph = AtomicGraph(
+            pos=torch.tensor(atoms.positions, dtype=dtype),
+            species=torch.from_numpy(types),
+            cell=torch.tensor(atoms.cell.array, dtype=dtype).unsqueeze(0),
+            pbc=torch.tensor(atoms.pbc, dtype=torch.bool).unsqueeze(0),
+            edge_index=torch.from_numpy(edge_index),
+            edge_shift=torch.tensor(shifts, dtype=dtype),
+            batch=torch.zeros(len(atoms), dtype=torch.long),
+        )
+        if targets:
+            graph.energy, graph.forces, graph.stress = _targets(atoms, dtype)
+        return graph
+
+    def to(self, device=None, dtype=None) -> "AtomicGraph":
+        def move(t):
+            if t is None:
+                return None
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return AtomicGraph(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+
+def _targets(atoms: Atoms, dtype):
+    calc = atoms.calc
+    results = getattr(calc, "results", {}) if calc is not None else {}
+    energy = results.get("energy", results.get("free_energy"))
+    forces = results.get("forces")
+    stress = results.get("stress")
+    energy = None if energy is None else torch.tensor([energy], dtype=dtype)
+    forces = None if forces is None else torch.tensor(np.asarray(forces), dtype=dtype)
+    if stress is not None:
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        stress = np.asarray(stress)
+        stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
+        stress = torch.tensor(stress, dtype=dtype).unsqueeze(0)
+    return energy, forces, stress
+
+
+def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
+    """One graph of several structures; edges stay sorted by centre atom."""
+    if not graphs:
+        raise ValueError("cannot batch an empty list of structures")
+    offsets = np.cumsum([0] + [g.pos.shape[0] for g in graphs[:-1]])
+
+    def cat_optional(name):
+        values = [getattr(g, name) for g in graphs]
+        if any(v is None for v in values):
+            return None
+        return torch.cat(values)
+
+    return AtomicGraph(
+        pos=torch.cat([g.pos for g in graphs]),
+        species=torch.cat([g.species for g in graphs]),
+        cell=torch.cat([g.cell for g in graphs]),
+        pbc=torch.cat([g.pbc for g in graphs]),
+        edge_index=torch.cat([g.edge_index + int(o) for g, o in zip(graphs, offsets)], dim=1),
+        edge_shift=torch.cat([g.edge_shift for g in graphs]),
+        batch=torch.cat([torch.full_like(g.batch, k) for k, g in enumerate(graphs)]),
+        energy=cat_optional("energy"),
+        forces=cat_optional("forces"),
+        stress=cat_optional("stress"),
+    )

@@ -1,0 +1,16 @@
+"""The NequIP model: ``build_model(config)`` -> ``Potential`` (energy, forces, stress)."""
+from typing import Any, Mapping
+
+import torch
+
+from .config import ModelConfig
+from .potential import Potential, Prediction
+
+
+def build_model(config: Mapping[str, Any]) -> Potential:
+    """A NequIP ``Potential`` from the keys of a YAML ``model:`` section (see ``ModelConfig``)."""
+    cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
+    return Potential(cfg).to(getattr(torch, cfg.dtype))
+
+
+__all__ = ["ModelConfig", "Potential", "Prediction", "build_model"]

@@ -1,0 +1,60 @@
+"""One NequIP layer: linear -> tensor-product convolution -> linear, plus self-connection, then gate."""
+import math
+
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet, Gate
+
+from ..ops import ConvDescriptor, TensorProductConv
+
+_SCALAR_ACTS = {1: torch.nn.functional.silu, -1: torch.tanh}
+
+
+def _path_exists(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, ir_out: o3.Irrep) -> bool:
+    return any(ir_out in ir1 * ir2 for _, ir1 in irreps_in for _, ir2 in irreps_sh)
+
+
+class InteractionBlock(torch.nn.Module):
+    """``x -> linear_2(conv(linear_1(x)) / sqrt(avg_num_neighbors)) + self_connection(x, attrs)``."""
+
+    def __init__(self, irreps_in, irreps_out, irreps_sh, irreps_attrs, num_basis: int,
+                 mlp_depth: int, mlp_width: int, avg_num_neighbors: float, conv_backend: str):
+        super().__init__()
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
+        descriptor = ConvDescriptor.nequip(self.irreps_in, irreps_sh, self.irreps_out)
+        self.conv = TensorProductConv(descriptor, conv_backend)
+        self.radial_mlp = FullyConnectedNet(
+            [num_basis] + mlp_depth * [mlp_width] + [descriptor.weight_numel], torch.nn.functional.silu
+        )
+        self.linear_2 = o3.Linear(descriptor.irreps_out.simplify(), self.irreps_out)
+        self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_attrs, self.irreps_out)
+        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
+
+    def forward(self, x, attrs, sh, radial, edge_index):
+        sc = self.self_connection(x, attrs)
+        h = self.linear_1(x)
+        h = self.conv(h, sh, self.radial_mlp(radial), edge_index) * self.norm
+        return self.linear_2(h) + sc
+
+
+class ConvNetLayer(torch.nn.Module):
+    """Interaction block followed by a gate; output irreps are the hidden irreps that a path reaches."""
+
+    def __init__(self, irreps_in, irreps_hidden, irreps_sh, irreps_attrs, **block_kwargs):
+        super().__init__()
+        irreps_in, irreps_hidden, irreps_sh = o3.Irreps(irreps_in), o3.Irreps(irreps_hidden), o3.Irreps(irreps_sh)
+        scalars = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l == 0 and _path_exists(irreps_in, irreps_sh, ir)])
+        gated = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l > 0 and _path_exists(irreps_in, irreps_sh, ir)])
+        gate_ir = "0e" if _path_exists(irreps_in, irreps_sh, o3.Irrep("0e")) else "0o"
+        gates = o3.Irreps([(m, gate_ir) for m, _ in gated])
+        self.gate = Gate(
+            scalars, [_SCALAR_ACTS[ir.p] for _, ir in scalars],
+            gates, [_SCALAR_ACTS[ir.p] for _, ir in gates],
+            gated,
+        )
+        self.block = InteractionBlock(irreps_in, self.gate.irreps_in, irreps_sh, irreps_attrs, **block_kwargs)
+        self.irreps_out = self.gate.irreps_out
+
+    def forward(self, x, attrs, sh, radial, edge_index):
+        return self.gate(self.block(x, attrs, sh, radial, edge_index))

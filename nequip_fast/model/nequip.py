@@ -1,0 +1,58 @@
+"""The NequIP energy network: edges and species in, per-atom energies out.
+
+It knows nothing about cells, batches or forces: ``potential.Potential`` builds the edge
+vectors (so autograd reaches positions and strain) and sums energies per structure.
+"""
+import torch
+from e3nn import o3
+
+from .config import ModelConfig
+from .interaction import ConvNetLayer
+from .radial import RadialEmbedding
+
+
+def hidden_irreps(cfg: ModelConfig) -> o3.Irreps:
+    parities = (1, -1) if cfg.parity else (1,)
+    return o3.Irreps([(cfg.num_features, (l, p)) for p in parities for l in range(cfg.l_max + 1)])
+
+
+class NequIPEnergy(torch.nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        num_species = len(cfg.species)
+        self.num_species = num_species
+        irreps_attrs = o3.Irreps(f"{num_species}x0e")
+        self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.l_max, p=1 if cfg.parity else -1)
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.radial = RadialEmbedding(cfg.r_max, cfg.num_bessels, cfg.bessel_trainable, cfg.polynomial_p)
+        self.embedding = o3.Linear(irreps_attrs, o3.Irreps(f"{cfg.num_features}x0e"))
+
+        irreps, layers = self.embedding.irreps_out, []
+        for _ in range(cfg.num_layers):
+            layer = ConvNetLayer(
+                irreps, hidden_irreps(cfg), self.irreps_sh, irreps_attrs,
+                num_basis=cfg.num_bessels, mlp_depth=cfg.radial_mlp_depth, mlp_width=cfg.radial_mlp_width,
+                avg_num_neighbors=cfg.avg_num_neighbors, conv_backend=cfg.conv_backend,
+            )
+            layers.append(layer)
+            irreps = layer.irreps_out
+        self.layers = torch.nn.ModuleList(layers)
+        self.readout = torch.nn.Sequential(
+            o3.Linear(irreps, o3.Irreps(f"{cfg.readout_features}x0e")),
+            o3.Linear(o3.Irreps(f"{cfg.readout_features}x0e"), o3.Irreps("0e")),
+        )
+        shifts = cfg.per_species_shifts or (0.0,) * num_species
+        scales = cfg.per_species_scales or (1.0,) * num_species
+        self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.get_default_dtype()))
+        self.register_buffer("scales", torch.tensor(scales, dtype=torch.get_default_dtype()))
+
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies ``(num_atoms,)``; ``edge_vec[e]`` points from receiver ``edge_index[0, e]`` to sender."""
+        attrs = torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype)
+        sh = self.spherical_harmonics(edge_vec)
+        radial = self.radial(torch.linalg.vector_norm(edge_vec, dim=-1))
+        x = self.embedding(attrs)
+        for layer in self.layers:
+            x = layer(x, attrs, sh, radial, edge_index)
+        atomic = self.readout(x).squeeze(-1)
+        return atomic * self.scales[species] + self.shifts[species]
