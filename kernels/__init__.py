@@ -1,0 +1,1 @@
+"""Triton kernels of the fused convolution (GPU; tested on CPU with TRITON_INTERPRET=1)."""
