@@ -13,4 +13,6 @@ def build_model(config: Mapping[str, Any]) -> Potential:
     return Potential(cfg).to(getattr(torch, cfg.dtype))
 
 
-__all__ = ["ModelConfig", "Potential", "Prediction", "build_model"]
+from .io import load_model, save_model  # noqa: E402  (io needs build_model)
+
+__all__ = ["ModelConfig", "Potential", "Prediction", "build_model", "load_model", "save_model"]

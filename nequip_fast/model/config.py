@@ -122,6 +122,8 @@ def _typed(name: str, value, annotation: str):
 def _per_species(name: str, value, species: tuple[str, ...]) -> tuple[float, ...]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return tuple(float(value) for _ in species)
+    if isinstance(value, (list, tuple)) and not value:
+        return ()  # unset: shift 0, scale 1
     if isinstance(value, Mapping):
         missing = [s for s in species if s not in value]
         extra = [s for s in value if s not in species]

@@ -1,0 +1,64 @@
+"""Saving and loading models as plain data (config + tensors), loadable with ``weights_only``."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import nequip_fast
+
+from .config import ModelConfig
+from .potential import Potential
+
+
+def model_state(model: Potential) -> dict[str, Any]:
+    return {
+        "nequip_fast_version": nequip_fast.__version__,
+        "model_config": model.config.to_dict(),
+        "state_dict": model.state_dict(),
+    }
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: Potential, path: str | Path) -> None:
+    atomic_save(model_state(model), path)
+
+
+def model_from_state(state: dict[str, Any]) -> Potential:
+    from . import build_model
+
+    model = build_model(ModelConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["state_dict"])
+    return model
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> Potential:
+    """A model saved by ``save_model`` (or a training checkpoint, which holds the same keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a nequip_fast model or checkpoint: {exc}") from exc
+    if not isinstance(state, dict) or "model_config" not in state or "state_dict" not in state:
+        raise ValueError(f"{path} is not a nequip_fast model or checkpoint (no model_config/state_dict)")
+    return model_from_state(state).eval()
