@@ -1,0 +1,46 @@
+"""ASE integration: ``NequIPCalculator`` for single points, MD drivers and optimizers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from .data.graph import AtomicGraph
+from .model import Potential, load_model
+
+
+class NequIPCalculator(Calculator):
+    """Energy, per-atom energies, forces and (for fully periodic cells) stress of a NequIP model.
+
+    ``model_or_path`` is a ``Potential`` (e.g. from ``build_model``) or a path to a saved model
+    or training checkpoint. Species are matched by element symbol, so the Atoms may list
+    elements in any order; an element the model does not know is an error naming it.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model_or_path: Potential | str | Path, device: str = "cpu", **kwargs):
+        super().__init__(**kwargs)
+        model = model_or_path if isinstance(model_or_path, torch.nn.Module) else load_model(model_or_path)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        periodic = bool(atoms.pbc.all())
+        graph = AtomicGraph.from_atoms(atoms, self.model.species, self.model.r_max, dtype=self.model.dtype)
+        out = self.model(graph.to(self.device), forces=True, stress=periodic)
+        energy = float(out.energy.detach().sum())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out.atomic_energy.detach().cpu().double().numpy(),
+            "forces": out.forces.detach().cpu().double().numpy(),
+        }
+        if periodic:
+            stress = out.stress[0].detach().cpu().double().numpy()
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
