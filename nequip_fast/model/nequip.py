@@ -22,7 +22,7 @@ class NequIPEnergy(torch.nn.Module):
         num_species = len(cfg.species)
         self.num_species = num_species
         irreps_attrs = o3.Irreps(f"{num_species}x0e")
-        self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.l_max, p=1 if cfg.parity else -1)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.l_max, p=-1 if cfg.parity else 1)
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.radial = RadialEmbedding(cfg.r_max, cfg.num_bessels, cfg.bessel_trainable, cfg.polynomial_p)
         self.embedding = o3.Linear(irreps_attrs, o3.Irreps(f"{cfg.num_features}x0e"))
