@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One entry point for a fresh clone:
+#   ./run.sh demo   set up .venv, then train a small model on bundled data, evaluate it, run MD
+#   ./run.sh test   set up .venv, then run the whole test suite
+# Set NEQUIP_FAST_VENV to use another virtual environment, TORCH_SPEC to choose the torch to install
+# when the environment has none (default torch==2.13.0; install a CUDA build yourself for GPUs).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${NEQUIP_FAST_VENV:-.venv}
+PY="$VENV/bin/python"
+
+setup() {
+    [ -x "$PY" ] || python3 -m venv "$VENV"
+    "$PY" -m pip install -q --disable-pip-version-check setuptools wheel
+    # Keep an installed torch; a bare "torch" requirement would pull a multi-GB CUDA build.
+    "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
+    "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[$1]"
+}
+
+case "${1:-}" in
+    demo)
+        setup demo
+        PATH="$VENV/bin:$PATH" bash examples/demo.sh
+        ;;
+    test)
+        setup test
+        shift
+        "$PY" -m pytest -q -rs tests "$@"
+        ;;
+    *)
+        echo "usage: ./run.sh demo | test [pytest args]" >&2
+        exit 2
+        ;;
+esac
