@@ -1,5 +1,27 @@
-"""Package build. The Triton kernels in kernels/ install as ``nequip_fast.kernels``."""
+"""Package build. The Triton kernels in kernels/ install as ``nequip_fast.kernels``; the C++ ops in
+csrc/ build as ``nequip_fast._C`` (CPU kernels always; CUDA kernels in csrc/*.cu when torch and
+nvcc have CUDA). Install with ``pip install --no-build-isolation -e .`` so the build uses the
+installed torch."""
+import glob
+import os
+
 from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+
+def conv_extension():
+    # No -march: the wheel must run on any x86_64; `omp simd` vectorises the channel loops
+    # without linking a second OpenMP runtime (threads come from torch's at::parallel_for).
+    cxx = ["-O3", "-fopenmp-simd"]
+    sources = sorted(glob.glob("csrc/*.cpp"))
+    cuda_sources = sorted(glob.glob("csrc/*.cu"))
+    if cuda_sources and cpp_extension.CUDA_HOME is not None and os.environ.get("NEQUIP_FAST_NO_CUDA") != "1":
+        return cpp_extension.CUDAExtension(
+            "nequip_fast._C", sources + cuda_sources, extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
+            py_limited_api=True,
+        )
+    return cpp_extension.CppExtension("nequip_fast._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=True)
+
 
 setup(
     name="nequip_fast",
@@ -8,6 +30,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["nequip_fast", "nequip_fast.*"]) + ["nequip_fast.kernels"],
     package_dir={"nequip_fast.kernels": "kernels"},
+    ext_modules=[conv_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
     install_requires=["torch>=2.3", "e3nn>=0.5", "ase>=3.23", "numpy", "vesin>=0.3", "pyyaml"],
     extras_require={"test": ["pytest"], "triton": ["triton"]},
     entry_points={"console_scripts": ["nequip-fast=nequip_fast.cli:main"]},

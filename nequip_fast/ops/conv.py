@@ -1,16 +1,43 @@
-"""The convolution seam: every interaction block calls ``TensorProductConv``; backends plug in here."""
+"""The convolution seam: every interaction block calls ``TensorProductConv``; backends plug in here.
+
+``reference`` is e3nn + index_add (the truth); ``cpu``, ``cuda`` and ``triton`` run the fused ops of
+``fused.py``; ``auto`` picks a fused backend by the device of the inputs. The environment variable
+``NEQUIP_FAST_CONV_BACKEND`` overrides the configured backend (e.g. to benchmark or debug a model).
+"""
+import os
+import warnings
+
 import torch
 
 from .descriptor import ConvDescriptor
+from .fused import conv_graph, descriptor_table, fused_conv, load_backend
 from .reference import reference_conv
 
-BACKENDS = ("reference",)
+BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
+ENV_BACKEND = "NEQUIP_FAST_CONV_BACKEND"
 
 
 def resolve_backend(name: str) -> str:
+    """The backend to use for a configured ``name`` (after the environment override); fused
+    backends other than ``auto`` must load here, or this raises naming the cause."""
+    name = os.environ.get(ENV_BACKEND) or name
     if name not in BACKENDS:
         raise ValueError(f"unknown conv_backend {name!r}; available: {', '.join(BACKENDS)}")
+    if name not in ("auto", "reference"):
+        load_backend(name)
     return name
+
+
+def _auto_backend(device: torch.device) -> str:
+    preferences = ("cpu",) if device.type == "cpu" else ("cuda", "triton")
+    for name in preferences:
+        try:
+            load_backend(name)
+            return name
+        except RuntimeError as e:
+            reason = e
+    warnings.warn(f"conv_backend 'auto': no fused backend for {device.type} ({reason}); using 'reference'")
+    return "reference"
 
 
 class TensorProductConv(torch.nn.Module):
@@ -28,6 +55,14 @@ class TensorProductConv(torch.nn.Module):
         self.tp = descriptor.e3nn_tensor_product()
         self.weight_numel = descriptor.weight_numel
         self.irreps_out = descriptor.irreps_out
+        # Not persistent: derived from the descriptor, so checkpoints stay backend-independent.
+        self.register_buffer("table", descriptor_table(descriptor), persistent=False)
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return reference_conv(self.tp, x, sh, weight, edge_index)
+        name = _auto_backend(x.device) if self.backend == "auto" else self.backend
+        if name == "reference":
+            return reference_conv(self.tp, x, sh, weight, edge_index)
+        if name == "cpu" and x.device.type != "cpu":
+            raise RuntimeError(f"conv backend 'cpu' got {x.device.type} tensors; use 'auto', 'cuda' or 'triton'")
+        graph = conv_graph(edge_index, x.shape[0])
+        return fused_conv(load_backend(name), x, sh, weight, self.table, graph, self.irreps_out.dim)

@@ -1,0 +1,21 @@
+// Schemas of the fused convolution ops. Kernels register per device: conv_cpu.cpp for CPU; a
+// CUDA build adds TORCH_LIBRARY_IMPL(nequip_fast, CUDA, m) in csrc/*.cu with the same names.
+// Fake (meta) functions and autograd are registered from Python (nequip_fast/ops/fused.py).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(nequip_fast, m) {
+  // Rows of direction d = transpose: out[r] = sum_{k in ptr[d][r]..ptr[d][r+1]} T(x[col(e)], sh[e], w[e]),
+  // e = perm[d][k], col = edge_index[1 - d]; transpose applies T^T (input and output swapped).
+  m.def("segment_conv(Tensor x, Tensor sh, Tensor weight, Tensor table, Tensor edge_index, Tensor ptr, "
+        "Tensor perm, int out_features, bool transpose) -> Tensor");
+  // Per edge e = (receiver r, sender s): gradients of <g[r], T(x[s], sh[e], w[e])> wrt sh[e] and w[e].
+  m.def("edge_grads(Tensor x, Tensor g, Tensor sh, Tensor weight, Tensor table, Tensor edge_index, Tensor ptr, "
+        "Tensor perm) -> (Tensor, Tensor)");
+}
+
+// Importing nequip_fast._C loads this library, whose static initialisers register the ops.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "nequip_fast fused convolution ops", -1, nullptr};
+  return PyModule_Create(&module);
+}
