@@ -11,7 +11,7 @@ from ase import Atoms
 from nequip_fast.data import AtomicGraph
 from nequip_fast.model import build_model
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # test systems are tiny: more threads only add contention
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -4,7 +4,7 @@ import pytest
 from ase import units
 from ase.build import bulk, molecule
 from ase.calculators.fd import FiniteDifferenceCalculator
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
@@ -65,7 +65,7 @@ def test_nve_conserves_energy():
     model = small_model(seed=5, species=["Cu"], r_max=4.0, per_species_scales=0.5)
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 1, 1))
     atoms.calc = NequIPCalculator(model)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dyn = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     energies = []
     dyn.attach(lambda: energies.append(atoms.get_total_energy()), interval=10)
