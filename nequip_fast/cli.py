@@ -12,7 +12,7 @@ import sys
 import nequip_fast
 
 # module paths, imported lazily so that `nequip-fast info` never pays for heavy imports
-COMMANDS = ["nequip_fast.commands.info"]
+COMMANDS = ["nequip_fast.commands.info", "nequip_fast.commands.train", "nequip_fast.commands.evaluate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
