@@ -12,7 +12,8 @@ import sys
 import nequip_fast
 
 # module paths, imported lazily so that `nequip-fast info` never pays for heavy imports
-COMMANDS = ["nequip_fast.commands.info", "nequip_fast.commands.train", "nequip_fast.commands.evaluate"]
+COMMANDS = ["nequip_fast.commands.info", "nequip_fast.commands.train", "nequip_fast.commands.evaluate",
+            "nequip_fast.commands.benchmark"]
 
 
 def build_parser() -> argparse.ArgumentParser:
