@@ -36,59 +36,168 @@ at::Tensor to_ir_mul(const at::Tensor& src, const std::vector<Block>& blocks) {
   return dst;
 }
 
+// What a range of rows needs, as raw pointers: the per-ISA clones below must not call into libtorch.
+template <typename T>
+struct Rows {
+  const PathView* paths;
+  int64_t num_paths;
+  const Pair* pairs;
+  int64_t num_pairs;
+  const int64_t* term_j;
+  const T* term_value;
+  const T* x;  // gathered operand, [node][ir_mul]
+  int64_t fa;
+  const T* g;  // edge_grads: reduced operand, [node][ir_mul]
+  int64_t fb;
+  const T* sh;
+  int64_t fs;
+  const T* w;
+  int64_t fw;
+  const int64_t* ptr;
+  const int64_t* perm;
+  const int64_t* col;
+};
+
+#define NEQUIP_FAST_INLINE __attribute__((always_inline)) inline
+
 // c[q] = sum over the terms of pair q of value * sh[j]: the CG tensor contracted with this edge's sh.
 template <typename T>
-inline void contract_sh(const PathTable& t, const T* y, T* c) {
-  const int64_t np = static_cast<int64_t>(t.pairs.size());
-  for (int64_t q = 0; q < np; ++q) {
-    const Pair& pr = t.pairs[q];
+NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const T* y, T* c) {
+  for (int64_t q = 0; q < a.num_pairs; ++q) {
     T sum = 0;
-    for (int64_t m = pr.term_begin; m < pr.term_end; ++m) sum += static_cast<T>(t.terms[m].value) * y[t.terms[m].j];
+    for (int64_t m = a.pairs[q].term_begin; m < a.pairs[q].term_end; ++m) sum += a.term_value[m] * y[a.term_j[m]];
     c[q] = sum;
   }
+}
+
+// acc (ir_mul, one row) = sum over the row's edges of T(x[col], sh, w). MUL > 0 fixes the channel
+// count at compile time (fully unrolled channel loops); 0 reads it from the path.
+template <int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, T* acc, int64_t acc_size, T* c, T* xw) {
+  for (int64_t f = 0; f < acc_size; ++f) acc[f] = 0;
+  for (int64_t k = a.ptr[r]; k < a.ptr[r + 1]; ++k) {
+    const int64_t e = a.perm[k];
+    const T* xa = a.x + a.col[e] * a.fa;
+    const T* we = a.w + e * a.fw;
+    contract_sh(a, a.sh + e * a.fs, c);
+    for (int64_t pi = 0; pi < a.num_paths; ++pi) {
+      const PathView& p = a.paths[pi];
+      const int64_t mul = MUL > 0 ? MUL : p.mul;
+      const T* wp = we + p.w_off;
+      for (int64_t i = 0; i < p.a_dim; ++i) {
+        const T* xp = xa + p.a_off + i * mul;
+#pragma omp simd
+        for (int64_t u = 0; u < mul; ++u) xw[i * mul + u] = xp[u] * wp[u];
+      }
+      for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
+        const T cq = c[q];
+        const T* xq = xw + a.pairs[q].a * mul;
+        T* aq = acc + p.b_off + a.pairs[q].b * mul;
+#pragma omp simd
+        for (int64_t u = 0; u < mul; ++u) aq[u] += cq * xq[u];
+      }
+    }
+  }
+}
+
+// For each edge of row r: g_w[e] and g_sh[e] of <g[r], T(x[col], sh[e], w[e])>.
+template <int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, T* c, T* g_sh, T* g_w) {
+  const T* gr = a.g + r * a.fb;
+  for (int64_t k = a.ptr[r]; k < a.ptr[r + 1]; ++k) {
+    const int64_t e = a.perm[k];
+    const T* xa = a.x + a.col[e] * a.fa;
+    const T* we = a.w + e * a.fw;
+    T* gye = g_sh + e * a.fs;
+    T* gwe = g_w + e * a.fw;
+    contract_sh(a, a.sh + e * a.fs, c);
+    for (int64_t pi = 0; pi < a.num_paths; ++pi) {
+      const PathView& p = a.paths[pi];
+      const int64_t mul = MUL > 0 ? MUL : p.mul;
+      const T* wp = we + p.w_off;
+      T* gwp = gwe + p.w_off;
+      for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
+        const Pair& pr = a.pairs[q];
+        const T cq = c[q];
+        const T* xp = xa + p.a_off + pr.a * mul;
+        const T* gp = gr + p.b_off + pr.b * mul;
+        T dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t u = 0; u < mul; ++u) {
+          const T xg = xp[u] * gp[u];
+          gwp[u] += cq * xg;
+          dot += wp[u] * xg;
+        }
+        for (int64_t m = pr.term_begin; m < pr.term_end; ++m) gye[a.term_j[m]] += a.term_value[m] * dot;
+      }
+    }
+  }
+}
+
+// One clone per ISA level, picked at load time (ifunc): AVX2+FMA where the CPU has it, baseline
+// x86-64 otherwise, so the wheel stays portable without -march.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NEQUIP_FAST_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define NEQUIP_FAST_CLONES
+#endif
+
+#define NEQUIP_FAST_ROW_FUNCTIONS(T, MUL, SUFFIX)                                                      \
+  NEQUIP_FAST_CLONES void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, T* acc,   \
+                                               int64_t acc_size, T* c, T* xw, const Block* blocks,     \
+                                               int64_t num_blocks, T* out) {                            \
+    for (int64_t r = begin; r < end; ++r) {                                                            \
+      if (a.ptr[r] == a.ptr[r + 1]) continue;                                                          \
+      segment_row<MUL>(a, r, acc, acc_size, c, xw);                                                    \
+      T* orow = out + r * acc_size;                                                                    \
+      for (int64_t bi = 0; bi < num_blocks; ++bi) {                                                    \
+        const Block& b = blocks[bi];                                                                   \
+        for (int64_t u = 0; u < b.mul; ++u)                                                            \
+          for (int64_t i = 0; i < b.dim; ++i) orow[b.off + u * b.dim + i] = acc[b.off + i * b.mul + u]; \
+      }                                                                                                \
+    }                                                                                                  \
+  }                                                                                                    \
+  NEQUIP_FAST_CLONES void edge_grads_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, T* c,  \
+                                                  T* g_sh, T* g_w) {                                    \
+    for (int64_t r = begin; r < end; ++r) edge_grads_row<MUL>(a, r, c, g_sh, g_w);                     \
+  }
+// NequIP's default 32 channels get unrolled kernels; any other channel counts the generic ones.
+NEQUIP_FAST_ROW_FUNCTIONS(float, 0, )
+NEQUIP_FAST_ROW_FUNCTIONS(double, 0, )
+NEQUIP_FAST_ROW_FUNCTIONS(float, 32, 32)
+NEQUIP_FAST_ROW_FUNCTIONS(double, 32, 32)
+
+bool all_mul_32(const PathTable& t) {
+  for (const PathView& p : t.paths)
+    if (p.mul != 32) return false;
+  return true;
+}
+
+template <typename T>
+Rows<T> make_rows(const PathTable& t, const std::vector<T>& term_value, const at::Tensor& xt, const at::Tensor& sh,
+                  const at::Tensor& w, const int64_t* ptr, const int64_t* perm, const int64_t* col) {
+  return Rows<T>{t.paths.data(), static_cast<int64_t>(t.paths.size()), t.pairs.data(),
+                 static_cast<int64_t>(t.pairs.size()), nullptr, term_value.data(), xt.data_ptr<T>(), xt.size(1),
+                 nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(), w.size(1), ptr, perm, col};
 }
 
 template <typename T>
 void segment_conv_kernel(const PathTable& t, const at::Tensor& xt, const at::Tensor& sh, const at::Tensor& w,
                          const int64_t* ptr, const int64_t* perm, const int64_t* col, at::Tensor& out) {
-  const int64_t rows = out.size(0), fb = out.size(1), fa = xt.size(1), fs = sh.size(1), fw = w.size(1);
-  const T* x = xt.data_ptr<T>();
-  const T* y = sh.data_ptr<T>();
-  const T* wt = w.data_ptr<T>();
+  std::vector<int64_t> term_j;
+  std::vector<T> term_value;
+  for (const Term& term : t.terms) term_j.push_back(term.j), term_value.push_back(static_cast<T>(term.value));
+  Rows<T> rows = make_rows<T>(t, term_value, xt, sh, w, ptr, perm, col);
+  rows.term_j = term_j.data();
+  const int64_t fb = out.size(1);
   T* o = out.data_ptr<T>();
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, out.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> acc(fb), c(t.pairs.size()), xw(t.max_a_block);
-    for (int64_t r = begin; r < end; ++r) {
-      if (ptr[r] == ptr[r + 1]) continue;
-      std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) {
-        const int64_t e = perm[k];
-        const T* xa = x + col[e] * fa;
-        const T* we = wt + e * fw;
-        contract_sh(t, y + e * fs, c.data());
-        for (const PathView& p : t.paths) {
-          const int64_t mul = p.mul;
-          const T* wp = we + p.w_off;
-          T* tmp = xw.data();
-          for (int64_t a = 0; a < p.a_dim; ++a) {
-            const T* xp = xa + p.a_off + a * mul;
-#pragma omp simd
-            for (int64_t u = 0; u < mul; ++u) tmp[a * mul + u] = xp[u] * wp[u];
-          }
-          for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
-            const T cq = c[q];
-            const T* ta = tmp + t.pairs[q].a * mul;
-            T* ab = acc.data() + p.b_off + t.pairs[q].b * mul;
-#pragma omp simd
-            for (int64_t u = 0; u < mul; ++u) ab[u] += cq * ta[u];
-          }
-        }
-      }
-      T* orow = o + r * fb;
-      for (const Block& b : t.b_blocks)
-        for (int64_t u = 0; u < b.mul; ++u)
-          for (int64_t i = 0; i < b.dim; ++i) orow[b.off + u * b.dim + i] = acc[b.off + i * b.mul + u];
-    }
+    const int64_t num_blocks = static_cast<int64_t>(t.b_blocks.size());
+    if (all_mul_32(t))
+      segment_rows32(rows, begin, end, acc.data(), fb, c.data(), xw.data(), t.b_blocks.data(), num_blocks, o);
+    else
+      segment_rows(rows, begin, end, acc.data(), fb, c.data(), xw.data(), t.b_blocks.data(), num_blocks, o);
   });
 }
 
@@ -96,47 +205,21 @@ template <typename T>
 void edge_grads_kernel(const PathTable& t, const at::Tensor& xt, const at::Tensor& gt, const at::Tensor& sh,
                        const at::Tensor& w, const int64_t* ptr, const int64_t* perm, const int64_t* sender,
                        at::Tensor& g_sh, at::Tensor& g_w) {
-  const int64_t rows = gt.size(0), fa = xt.size(1), fb = gt.size(1), fs = sh.size(1),
-                fw = w.size(1);
-  const T* x = xt.data_ptr<T>();
-  const T* g = gt.data_ptr<T>();
-  const T* y = sh.data_ptr<T>();
-  const T* wt = w.data_ptr<T>();
+  std::vector<int64_t> term_j;
+  std::vector<T> term_value;
+  for (const Term& term : t.terms) term_j.push_back(term.j), term_value.push_back(static_cast<T>(term.value));
+  Rows<T> rows = make_rows<T>(t, term_value, xt, sh, w, ptr, perm, sender);
+  rows.term_j = term_j.data();
+  rows.g = gt.data_ptr<T>();
+  rows.fb = gt.size(1);
   T* gy = g_sh.data_ptr<T>();
   T* gw = g_w.data_ptr<T>();
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, gt.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> c(t.pairs.size());
-    for (int64_t r = begin; r < end; ++r) {
-      const T* gr = g + r * fb;
-      for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k) {
-        const int64_t e = perm[k];
-        const T* xa = x + sender[e] * fa;
-        const T* we = wt + e * fw;
-        T* gye = gy + e * fs;
-        T* gwe = gw + e * fw;
-        contract_sh(t, y + e * fs, c.data());
-        for (const PathView& p : t.paths) {
-          const int64_t mul = p.mul;
-          const T* wp = we + p.w_off;
-          T* gwp = gwe + p.w_off;
-          for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
-            const Pair& pr = t.pairs[q];
-            const T cq = c[q];
-            const T* xp = xa + p.a_off + pr.a * mul;
-            const T* gp = gr + p.b_off + pr.b * mul;
-            T dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t u = 0; u < mul; ++u) {
-              const T xg = xp[u] * gp[u];
-              gwp[u] += cq * xg;
-              dot += wp[u] * xg;
-            }
-            for (int64_t m = pr.term_begin; m < pr.term_end; ++m)
-              gye[t.terms[m].j] += static_cast<T>(t.terms[m].value) * dot;
-          }
-        }
-      }
-    }
+    if (all_mul_32(t))
+      edge_grads_rows32(rows, begin, end, c.data(), gy, gw);
+    else
+      edge_grads_rows(rows, begin, end, c.data(), gy, gw);
   });
 }
 

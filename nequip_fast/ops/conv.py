@@ -55,6 +55,7 @@ class TensorProductConv(torch.nn.Module):
         self.tp = descriptor.e3nn_tensor_product()
         self.weight_numel = descriptor.weight_numel
         self.irreps_out = descriptor.irreps_out
+        self.out_features = descriptor.irreps_out.dim  # a plain int: torch.compile cannot guard on Irreps
         # Not persistent: derived from the descriptor, so checkpoints stay backend-independent.
         self.register_buffer("table", descriptor_table(descriptor), persistent=False)
 
@@ -65,4 +66,4 @@ class TensorProductConv(torch.nn.Module):
         if name == "cpu" and x.device.type != "cpu":
             raise RuntimeError(f"conv backend 'cpu' got {x.device.type} tensors; use 'auto', 'cuda' or 'triton'")
         graph = conv_graph(edge_index, x.shape[0])
-        return fused_conv(load_backend(name), x, sh, weight, self.table, graph, self.irreps_out.dim)
+        return fused_conv(load_backend(name), x, sh, weight, self.table, graph, self.out_features)

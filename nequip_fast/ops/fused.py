@@ -17,6 +17,7 @@ autograd are registered here, the same for every backend.
 from __future__ import annotations
 
 import importlib
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
@@ -165,7 +166,9 @@ def _load_triton() -> tuple[Optional[Backend], str]:
     try:
         importlib.import_module("triton")
     except ImportError as e:
-        return None, f"triton is not installed ({e}); `pip install triton` (needs a GPU, or TRITON_INTERPRET=1)"
+        return None, f"triton is not installed ({e}); `pip install triton`"
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return None, "no GPU; to run the Triton kernels on CPU set TRITON_INTERPRET=1 before Python starts"
     try:
         kernels = importlib.import_module("nequip_fast.kernels")
         kernel_segment_conv, kernel_edge_grads = kernels.segment_conv, kernels.edge_grads

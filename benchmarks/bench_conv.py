@@ -1,0 +1,154 @@
+"""Convolution backends side by side: op forward, forward+backward, model energy+forces, peak memory.
+
+    .venv/bin/python benchmarks/bench_conv.py [--repeat 3] [--threads 2] [--device cuda]
+
+fcc Cu, 1024 atoms, r_max 5.0 (~42 neighbours), 32 channels, float32; all backends in one process
+run, so compare the ratios. Peak memory is the rise over the run of one call of the resident set
+(CPU; Linux VmHWM after a reset through /proc/self/clear_refs) or of torch's CUDA allocations
+(GPU: reference vs triton/cuda). The floor columns count what the
+fused forward must execute (FLOPs) and move (bytes: weights, sh, indices per edge, plus each node's
+input and output rows once), against this machine's measured matmul FLOP rate and copy bandwidth.
+"""
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+from ase.build import bulk
+from e3nn import o3
+
+from nequip_fast.data import AtomicGraph
+from nequip_fast.model import build_model
+from nequip_fast.ops import ConvDescriptor, TensorProductConv
+from nequip_fast.ops.fused import available_backends
+
+CASES = [(1, True), (2, False), (2, True)]  # (l_max, parity)
+DTYPE = torch.float32
+
+
+def peak_bytes(fn, device: torch.device) -> int:
+    """Memory rise while ``fn()`` runs."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        return torch.cuda.max_memory_allocated() - before
+
+    def status(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
+    fn()
+    return status("VmHWM") - before
+
+
+def seconds(fn, repeat: int, device: torch.device) -> float:
+    def run():
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+    run()  # warm-up (codegen, caches)
+    return statistics.median(run() for _ in range(repeat))
+
+
+def machine_peaks(device: torch.device) -> tuple[float, float]:
+    """(FLOP/s of a float32 matmul, bytes/s of a large copy) with the current thread count."""
+    a = torch.randn(4096, 4096, dtype=DTYPE, device=device)
+    flops = 2 * 4096**3 / seconds(lambda: a @ a, 3, device)
+    src = torch.ones(256 * 2**20 // 4, dtype=DTYPE, device=device)
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() * 4 / seconds(lambda: dst.copy_(src), 5, device)
+    return flops, bandwidth
+
+
+def floor_per_edge(d: ConvDescriptor, num_nodes: int, num_edges: int) -> tuple[float, float]:
+    """(FLOPs, bytes) per edge of the fused forward as the CPU kernel executes it."""
+    flops = 0
+    for p in d.paths:
+        pairs = len({(i, k) for i, _, k, _ in p.cg})
+        flops += p.mul * (p.in_dim + 2 * pairs) + 2 * len(p.cg)
+    itemsize = torch.finfo(DTYPE).bits // 8
+    per_node = (d.irreps_in.dim + d.irreps_out.dim) * itemsize
+    return flops, (d.weight_numel + d.irreps_sh.dim) * itemsize + 2 * 8 + per_node * num_nodes / num_edges
+
+
+def cu_graph() -> AtomicGraph:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((8, 8, 4))
+    return AtomicGraph.from_atoms(atoms, ["Cu"], 5.0, dtype=DTYPE)
+
+
+def bench_case(l_max, parity, backends, graph, repeat, peaks, device):
+    irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=-1 if parity else 1)
+    irreps = o3.Irreps([(32, (l, p)) for l in range(l_max + 1) for p in ((1, -1) if parity else (1,))])
+    d = ConvDescriptor.nequip(irreps, irreps_sh, irreps)
+    n, e = graph.pos.shape[0], graph.edge_index.shape[1]
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(shape, generator=g, dtype=DTYPE).to(device).requires_grad_(True)
+              for shape in ((n, irreps.dim), (e, irreps_sh.dim), (e, d.weight_numel))]
+    config = dict(species=["Cu"], r_max=5.0, l_max=l_max, parity=parity, num_features=32,
+                  avg_num_neighbors=e / n, dtype="float32")
+    torch.manual_seed(0)
+    models = {name: build_model(dict(config, conv_backend=name)).to(device) for name in backends}
+    for model in models.values():
+        model.load_state_dict(models["reference"].state_dict())
+    flops, nbytes = floor_per_edge(d, n, e)
+    rows, forces = [], {}
+    for name in backends:
+        conv = TensorProductConv(d, name).to(device, DTYPE)
+        fwd = lambda: conv(*inputs, graph.edge_index)  # noqa: E731
+        fwd_bwd = lambda: torch.autograd.grad(fwd().sum(), inputs)  # noqa: E731
+        model_ef = lambda: models[name](graph, forces=True)  # noqa: E731
+        mem_op, mem_model = peak_bytes(fwd_bwd, device), peak_bytes(model_ef, device)
+        t_fwd, t_fb, t_model = (seconds(f, repeat, device) for f in (fwd, fwd_bwd, model_ef))
+        forces[name] = model_ef().forces
+        achieved = (flops * e / t_fwd / peaks[0], nbytes * e / t_fwd / peaks[1])
+        rows.append((name, t_fwd, t_fb, mem_op, t_model, mem_model, achieved))
+    ref = rows[0]
+    print(f"\nl_max={l_max} parity={'on' if parity else 'off'}: {n} atoms, {e} edges, "
+          f"{d.irreps_in.dim} -> {d.irreps_out.dim} features, {d.weight_numel} weights/edge; "
+          f"fused forward floor per edge: {flops / 1e3:.1f} kFLOP, {nbytes / 1e3:.2f} kB")
+    print(f"| backend | op fwd ms | op fwd+bwd ms | speed-up | op peak MB | mem ratio | model E+F ms | speed-up "
+          f"| model peak MB | fwd % peak FLOP/s | fwd % bandwidth | max |dF| vs reference |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, t_fwd, t_fb, mem_op, t_model, mem_model, achieved in rows:
+        df = (forces[name] - forces["reference"]).abs().max().item()
+        print(f"| {name} | {t_fwd * 1e3:.1f} | {t_fb * 1e3:.1f} | {ref[2] / t_fb:.1f}x | {mem_op / 2**20:.0f} | "
+              f"{mem_op / ref[3]:.3f} | {t_model * 1e3:.0f} | {ref[4] / t_model:.1f}x | {mem_model / 2**20:.0f} | "
+              f"{100 * achieved[0]:.1f} | {100 * achieved[1]:.1f} | {df:.1e} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    on_device = ("cpu",) if device.type == "cpu" else ("triton", "cuda")
+    fused = [b for b in available_backends() if b in on_device]
+    if device.type == "cuda":
+        machine = torch.cuda.get_device_name()
+    else:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        machine = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")),
+                       platform.processor())
+        machine = f"{platform.machine()} {machine}, {args.threads} threads"
+    peaks = machine_peaks(device)
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}; torch {torch.__version__}; "
+          f"float32; backends: reference, {', '.join(fused)}")
+    print(f"measured peaks: matmul {peaks[0] / 1e9:.1f} GFLOP/s, copy {peaks[1] / 1e9:.1f} GB/s")
+    graph = cu_graph().to(device)
+    for l_max, parity in CASES:
+        bench_case(l_max, parity, ["reference", *fused], graph, args.repeat, peaks, device)
+
+
+if __name__ == "__main__":
+    main()

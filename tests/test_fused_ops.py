@@ -1,0 +1,209 @@
+"""Op level: every fused backend equals the e3nn reference, through double backward.
+
+The Triton backend runs here on CPU under TRITON_INTERPRET=1 when triton is installed.
+"""
+import contextlib
+
+import pytest
+import torch
+from e3nn import o3
+
+from nequip_fast.ops import ConvDescriptor, TensorProductConv
+from nequip_fast.ops.fused import conv_graph, descriptor_table, fused_conv, load_backend
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+ALL_TARGETS = "0e+0o+1e+1o+2e+2o+3e+3o"
+CASES = {  # irreps_in, l_max of the spherical harmonics, parity
+    "mul1-l1": ("1x0e+1x1o", 1, True),
+    "mul3-l3": ("3x0e+3x1o+3x2e+3x3o", 3, True),
+    "mul16-l2-noparity": ("16x0e+16x1e+16x2e", 2, False),
+    "mul32-l1": ("32x0e+32x1o", 1, True),
+    "mixed-l3": ("5x0e+2x0o+3x1o+4x1e+2x2e+1x3o", 3, True),
+}
+
+
+@pytest.fixture(params=["cpu", "triton"])
+def backend(request):
+    try:
+        load_backend(request.param)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    return request.param
+
+
+def interpreted(backend):
+    """The Triton interpreter runs kernels in numpy: keep its cases small (GPUs run them all)."""
+    return backend == "triton" and not torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """e3nn bakes its CG constants in the default dtype: build the float64 truth in float64."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def descriptor(case):
+    irreps_in, l_max, parity = CASES[case]
+    irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=-1 if parity else 1)
+    return ConvDescriptor.nequip(irreps_in, irreps_sh, ALL_TARGETS)
+
+
+def random_graph(num_nodes, num_edges, seed):
+    """Random edges, plus self-loops and duplicates; the last two nodes have no edges."""
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.randint(0, num_nodes - 2, (2, num_edges), generator=g)
+    loops = torch.arange(3).expand(2, 3)
+    return torch.cat([edges, loops, edges[:, :4]], dim=1)
+
+
+def random_inputs(d, num_nodes, edge_index, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    num_edges = edge_index.shape[1]
+    return [torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+            for shape in ((num_nodes, d.irreps_in.dim), (num_edges, d.irreps_sh.dim), (num_edges, d.weight_numel))]
+
+
+def derivatives(conv, inputs, seed):
+    """Output, first gradients of <out, r> and second gradients of <grads, r'> wrt (x, sh, w)."""
+    g = torch.Generator().manual_seed(seed)
+    out = conv(*inputs)
+    first = torch.autograd.grad((out * torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)).sum(),
+                                inputs, create_graph=True)
+    second = torch.autograd.grad(
+        sum((f * torch.randn(f.shape, generator=g, dtype=torch.float64).to(f)).sum() for f in first), inputs)
+    return [out, *first, *second]
+
+
+def make_conv(d, backend, dtype):
+    with default_dtype(torch.float64):
+        module = TensorProductConv(d, backend)
+    module.to(dtype)
+    return lambda x, sh, w, edge_index: module(x, sh, w, edge_index)
+
+
+def assert_close(actual, expected, tol, what):
+    scale = expected.abs().max().clamp_min(1e-30)
+    err = ((actual.double() - expected.double()).abs().max() / scale).item()
+    assert err < tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
+
+
+NAMES = ["out", "d/dx", "d/dsh", "d/dw", "d2/dx", "d2/dsh", "d2/dw"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference_through_double_backward(backend, case, dtype):
+    if interpreted(backend) and (case == "mixed-l3" or (case == "mul3-l3" and dtype == torch.float32)):
+        pytest.skip("too slow for the Triton interpreter (runs on GPU)")
+    d = descriptor(case)
+    num_nodes, edge_index = 9, random_graph(9, 24, seed=1)
+    ref, fused = make_conv(d, "reference", torch.float64), make_conv(d, backend, dtype)
+    inputs = random_inputs(d, num_nodes, edge_index, dtype, seed=2)
+    expected = derivatives(lambda *a: ref(*a, edge_index), [t.detach().double().requires_grad_() for t in inputs], 3)
+    actual = derivatives(lambda *a: fused(*a, edge_index), inputs, 3)
+    for name, a, e in zip(NAMES, actual, expected):
+        assert a.dtype == dtype
+        assert_close(a, e, TOL[dtype], f"{case} {name}")
+    assert actual[0][-2:].abs().max() == 0, "nodes without edges must get zero output"
+
+
+def test_gradcheck_and_gradgradcheck(backend):
+    d = ConvDescriptor.nequip("2x0e+2x1o+1x2e", o3.Irreps.spherical_harmonics(2), ALL_TARGETS)
+    edge_index = random_graph(5, 4, seed=4)
+    conv = make_conv(d, backend, torch.float64)
+    inputs = random_inputs(d, 5, edge_index, torch.float64, seed=5)
+    fn = lambda *a: conv(*a, edge_index)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_cpu_is_deterministic_across_runs_and_threads():
+    try:
+        load_backend("cpu")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    d = descriptor("mixed-l3")
+    edge_index = random_graph(40, 400, seed=6)
+    conv = make_conv(d, "cpu", torch.float32)
+    inputs = random_inputs(d, 40, edge_index, torch.float32, seed=7)
+    runs = []
+    for threads in (2, 2, 1):
+        torch.set_num_threads(threads)
+        runs.append(derivatives(lambda *a: conv(*a, edge_index), inputs, 8))
+    torch.set_num_threads(2)
+    for run in runs[1:]:
+        for name, a, b in zip(NAMES, runs[0], run):
+            assert torch.equal(a, b), f"{name} differs between runs"
+
+
+def test_triple_backward_matches_reference(backend):
+    d = descriptor("mul16-l2-noparity" if interpreted(backend) else "mul3-l3")
+    edge_index = random_graph(6, 10, seed=9)
+    ref, fused = make_conv(d, "reference", torch.float64), make_conv(d, backend, torch.float64)
+    inputs = random_inputs(d, 6, edge_index, torch.float64, seed=10)
+
+    def third(conv):
+        x, sh, w = inputs
+        (gx,) = torch.autograd.grad(conv(x, sh, w, edge_index).pow(2).sum(), x, create_graph=True)
+        (gsh,) = torch.autograd.grad(gx.pow(2).sum(), sh, create_graph=True)
+        return torch.autograd.grad(gsh.pow(2).sum(), w)[0]
+
+    assert_close(third(fused), third(ref), 1e-10, "d3")
+
+
+def test_unavailable_backend_error_names_the_cause(monkeypatch):
+    monkeypatch.setenv("NEQUIP_FAST_CONV_BACKEND", "cuda")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="conv backend 'cuda' is unavailable"):
+        TensorProductConv(descriptor("mul1-l1"), "cpu")
+
+
+def test_environment_overrides_configured_backend(monkeypatch):
+    monkeypatch.setenv("NEQUIP_FAST_CONV_BACKEND", "reference")
+    assert TensorProductConv(descriptor("mul1-l1"), "cpu").backend == "reference"
+
+
+def cpu_or_skip():
+    try:
+        return load_backend("cpu")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+
+def test_export_and_compile():
+    """torch.export of the op and its autograd (make_fx, as deploy does), and torch.compile."""
+    backend = cpu_or_skip()
+    d = descriptor("mul3-l3")
+    edge_index = random_graph(8, 20, seed=11)
+    table = descriptor_table(d)
+    x, sh, w = random_inputs(d, 8, edge_index, torch.float64, seed=12)
+
+    def forward_and_grads(x, sh, w, edge_index, table):
+        x, sh, w = (t.detach().requires_grad_(True) for t in (x, sh, w))
+        with torch.enable_grad():
+            out = fused_conv(backend, x, sh, w, table, conv_graph(edge_index, x.shape[0]), d.irreps_out.dim)
+            grads = torch.autograd.grad(out.pow(2).sum(), (x, sh, w))
+        return (out.detach(), *grads)
+
+    expected = forward_and_grads(x, sh, w, edge_index, table)
+    traced = torch.fx.experimental.proxy_tensor.make_fx(forward_and_grads, tracing_mode="symbolic")(
+        x, sh, w, edge_index, table)
+    ops = {str(n.target) for n in traced.graph.nodes if n.op == "call_function"}
+    assert {"nequip_fast.segment_conv.default", "nequip_fast.edge_grads.default"} <= ops
+    exported = torch.export.export(traced, (x, sh, w, edge_index, table))
+    for a, e in zip(exported.module()(x, sh, w, edge_index, table), expected):
+        assert_close(a, e, 1e-12, "exported")
+
+    with default_dtype(torch.float64):
+        module = TensorProductConv(d, "cpu")
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    out = compiled(x, sh, w, edge_index)
+    (gw,) = torch.autograd.grad(out.pow(2).sum(), w)
+    assert_close(out, expected[0], 1e-12, "compiled forward")
+    assert_close(gw, expected[3], 1e-12, "compiled backward")
