@@ -19,7 +19,7 @@ from nequip_fast.cli import main
 from nequip_fast.data.dataset import DatasetError
 from nequip_fast.model import load_model
 from nequip_fast.train import ConfigError, Trainer, load_config, parse_config, train
-from nequip_fast.train.data import split_sizes
+from nequip_fast.train.data import load_splits, split_sizes
 from nequip_fast.train.schedule import LRSchedule
 
 TINY_MODEL = dict(r_max=3.0, num_layers=1, l_max=1, num_features=4, radial_mlp_width=8, readout_features=4,
@@ -99,6 +99,18 @@ def test_split_sizes():
     assert split_sizes(100, {"n_train": 0.5, "n_val": 10, "n_test": "rest"}) == {"n_train": 50, "n_val": 10, "n_test": 40}
     with pytest.raises(ConfigError, match="ask for 120 frames"):
         split_sizes(100, {"n_train": 100, "n_val": 20, "n_test": 0})
+
+
+def test_splits_are_seeded_and_separate_files_are_used_whole(tmp_path):
+    write(tmp_path / "val.extxyz", molecules(4))
+    write(tmp_path / "test.extxyz", molecules(2))
+    config = load_config(write_config(tmp_path, data={"n_train": 0.5, "n_val": None, "n_test": 0,
+                                                      "val": "val.extxyz", "test": "test.extxyz"}))
+    splits, species = load_splits(config.data, ("energy", "forces"), None, 3.0, torch.float64)
+    assert species == ("H", "C", "O")
+    assert [len(splits[k].graphs) for k in ("train", "val", "test")] == [6, 4, 2]
+    again, _ = load_splits(config.data, ("energy", "forces"), None, 3.0, torch.float64)
+    assert [a.positions.tolist() for a in again["train"].frames] == [a.positions.tolist() for a in splits["train"].frames]
 
 
 def test_schedule_warmup_then_plateau():

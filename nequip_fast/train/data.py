@@ -15,6 +15,8 @@ from .config import ConfigError, DataConfig, SplitSize
 
 @dataclass
 class Split:
+    """One split's structures, with labels (for evaluation outputs) and as graphs (for the model)."""
+
     frames: list[Atoms]
     graphs: list[AtomicGraph]
 
@@ -29,18 +31,17 @@ def load_splits(cfg: DataConfig, require: Sequence[str], species: Optional[Seque
     species = tuple(species or species_of([a for frames in files.values() for a in frames]))
     graphs = {name: [g.to(dtype=dtype) for g in to_graphs(frames, species, r_max, _label(paths[name], cfg, name))]
               for name, frames in files.items()}
-    sizes = split_sizes(len(files["train"]), {"n_train": cfg.n_train, "n_val": 0 if cfg.val else (0.1 if cfg.n_val is None else cfg.n_val),
-                                               "n_test": cfg.n_test})
+    n_val = 0 if cfg.val else (0.1 if cfg.n_val is None else cfg.n_val)
+    sizes = split_sizes(len(files["train"]), {"n_train": cfg.n_train, "n_val": n_val, "n_test": cfg.n_test})
     order = np.random.default_rng(cfg.seed).permutation(len(files["train"])).tolist()
+    bounds = np.cumsum([0, *sizes.values()])
     splits = {}
-    start = 0
-    for name in ("train", "val", "test"):
-        if name in files and name != "train":
+    for k, name in enumerate(("train", "val", "test")):
+        if name in files and name != "train":  # a separate file (its drawn size is 0)
             splits[name] = Split(files[name], graphs[name])
-            continue
-        chosen = order[start: start + sizes[f"n_{name}"]]
-        start += len(chosen)
-        splits[name] = Split([files["train"][i] for i in chosen], [graphs["train"][i] for i in chosen])
+        else:
+            chosen = order[bounds[k]: bounds[k + 1]]
+            splits[name] = Split([files["train"][i] for i in chosen], [graphs["train"][i] for i in chosen])
     for name, key in (("train", "n_train"), ("val", "n_val")):
         if not splits[name].frames:
             raise ConfigError(f"data.{key}: the {name} split is empty ({len(files['train'])} frames in {cfg.train}"

@@ -183,6 +183,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         log = RunLog(out)
 
     while trainer.epoch < cfg.epochs:
+        epoch_start = time.monotonic()
         row = trainer.run_epoch()
         if ddp.main:
             checkpoint.save(trainer.state_dict(), out / LAST)
@@ -191,7 +192,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     checkpoint.save({**model_state(model), "epoch": trainer.epoch, "val_metrics": row}, out / BEST)
             log.write(trainer.history)
             print(summary_line(row, cfg.epochs), flush=True)
-        reason = _stop_reason(trainer, cfg, time.monotonic() - wall_start, row["time_s"])
+        now = time.monotonic()
+        reason = _stop_reason(trainer, cfg, now - wall_start, now - epoch_start)
         if reason:
             if ddp.main:
                 print(f"stopping after epoch {trainer.epoch}: {reason}")
