@@ -32,7 +32,7 @@ setup(
     package_dir={"nequip_fast.kernels": "kernels"},
     ext_modules=[conv_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
-    install_requires=["torch>=2.3", "e3nn>=0.5", "ase>=3.23", "numpy", "vesin>=0.3", "pyyaml"],
-    extras_require={"test": ["pytest"], "triton": ["triton"]},
+    install_requires=["torch>=2.3", "e3nn>=0.5", "ase>=3.23", "numpy", "vesin>=0.3", "pyyaml", "tqdm", "matplotlib"],
+    extras_require={"test": ["pytest"], "triton": ["triton"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["nequip-fast=nequip_fast.cli:main"]},
 )
