@@ -172,6 +172,11 @@ def test_unwritable_output_directory(tmp_path, capsys):
     assert "output.directory: cannot write to" in capsys.readouterr().err
 
 
+def test_resume_without_a_run(tmp_path, capsys):
+    assert main(["train", str(write_config(tmp_path)), "--resume"]) == 2
+    assert re.search(r"no checkpoint to resume from: .*last\.pt does not exist", capsys.readouterr().err)
+
+
 def test_config_typo_through_the_cli(tmp_path, capsys):
     config = write_config(tmp_path, training={"epoch": 3})
     assert main(["train", str(config)]) == 2
