@@ -48,7 +48,7 @@ def test_peak_memory_in_a_fresh_process():
 def test_compare_upstream_without_nequip_says_so(monkeypatch, capsys):
     monkeypatch.setattr(upstream, "available", lambda: False)
     code = main(["benchmark", *TINY, "--backends", "reference", "--compare-upstream",
-                 "--skip", "train_step,conv,memory"])
+                 "--skip", "energy_forces,train_step,conv,memory"])
     assert code == 0
     captured = capsys.readouterr()
     assert "upstream NequIP is not installed" in captured.err and "pip install nequip" in captured.err

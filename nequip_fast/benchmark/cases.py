@@ -17,12 +17,13 @@ from . import upstream
 UPSTREAM = "upstream"
 UPSTREAM_COMPILED = "upstream-compiled"
 UPSTREAM_CASES = (UPSTREAM, UPSTREAM_COMPILED)
+DEPLOYED = "deployed"  # a deployed .pt2: energy+forces only, its own weights
 
 
 @dataclass
 class Calls:
     energy_forces: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-    train_step: Callable[[], None]
+    train_step: Optional[Callable[[], None]]  # None for a deployed file (inference only)
     conv_forward: Optional[Callable[[], None]]  # None where the op is not separable (compiled upstream)
     conv_forward_backward: Optional[Callable[[], None]]
 
@@ -79,10 +80,15 @@ def _conv_calls(conv: Callable, irreps_dims: tuple[int, int, int], graph: Atomic
 class Case:
     """One model under test; ``name`` is a conv backend or one of ``UPSTREAM_CASES``."""
 
-    def __init__(self, name: str, cfg: ModelConfig, state: Optional[dict], device: torch.device, stress: bool):
+    def __init__(self, name: str, cfg: ModelConfig, state: Optional[dict], device: torch.device, stress: bool,
+                 deployed: Optional[str] = None):
         self.name, self.device, self.stress = name, device, stress
         self.dtype = getattr(torch, cfg.dtype)
-        if name in UPSTREAM_CASES:
+        if name == DEPLOYED:
+            from ..deploy import DeployedPotential
+
+            self.model = DeployedPotential(deployed)
+        elif name in UPSTREAM_CASES:
             self.model = upstream.build(cfg, compile=name == UPSTREAM_COMPILED).to(device)
         else:
             self.model = build_nequip_fast(cfg, name, state, device)
@@ -91,6 +97,12 @@ class Case:
         """``conv``: the layer and the (x, Y, w) widths of the conv timed alone; None skips it."""
         graph = graph.to(self.device, dtype=self.dtype)
         num_atoms = graph.pos.shape[0]
+        if self.name == DEPLOYED:
+            def deployed_predict():
+                pred = self.model(graph, forces=True, stress=self.stress)
+                return pred.energy, pred.forces
+
+            return Calls(deployed_predict, None, None, None)
         if self.name in UPSTREAM_CASES:
             data = upstream.graph_data(graph)
 

@@ -67,7 +67,7 @@ def _best_of(fn, repeats: int, sync) -> float:
     return best
 
 
-def measure_peaks(dtype: torch.dtype, device: torch.device, copy_mib: int = 256, matmul_n: int = 1024,
+def measure_peaks(dtype: torch.dtype, device: torch.device, copy_mib: int = 128, matmul_n: int = 1024,
                   repeats: int = 5) -> MachinePeaks:
     """Best of ``repeats``: the machine's attainable rates, not its typical ones."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -44,10 +44,9 @@ def measure(setup: Setup, name: str) -> dict[str, dict[str, float]]:
     from .cases import Case
 
     cfg, state, graph = setup.prepare()
-    case = Case(name, cfg, state, setup.torch_device, setup.stress)
-    calls = case.calls(graph)
-    return {"energy_forces": _peak_of(calls.energy_forces, setup.torch_device),
-            "train_step": _peak_of(calls.train_step, setup.torch_device)}
+    calls = Case(name, cfg, state, setup.torch_device, setup.stress, setup.model_file).calls(graph)
+    return {kind: _peak_of(call, setup.torch_device)
+            for kind, call in (("energy_forces", calls.energy_forces), ("train_step", calls.train_step)) if call}
 
 
 def measure_in_subprocess(setup: Setup, name: str) -> dict:

@@ -11,7 +11,7 @@ import torch
 import nequip_fast
 
 from . import MEASUREMENTS, upstream
-from .cases import UPSTREAM, UPSTREAM_CASES, Case, conv_layer
+from .cases import DEPLOYED, UPSTREAM, UPSTREAM_CASES, Case, conv_layer
 from .cost import conv_cost, measure_peaks
 from .memory import measure_in_subprocess
 from .setup import Setup
@@ -102,16 +102,17 @@ def run(options: Options) -> dict:
     cases = {}
     for name in names:
         progress(f"building {name}")
-        cases[name] = Case(name, cfg, state, device, setup.stress)
-    fast = [c for c in cases.values() if c.name not in UPSTREAM_CASES]
-    baseline = "reference" if "reference" in cases else names[0]
+        cases[name] = Case(name, cfg, state, device, setup.stress, setup.model_file)
+    fast = [c for c in cases.values() if c.name not in UPSTREAM_CASES + (DEPLOYED,)]
+    baseline = "reference" if "reference" in cases else [n for n in names if n != DEPLOYED][0]
     result["baseline"] = baseline
 
     if UPSTREAM in cases:  # the same weights in every case: then all must give the same energy
         for case in fast:
             upstream.transfer_weights(cases[UPSTREAM].model, case.model)
         result["weights"] = "transferred from upstream NequIP to every nequip_fast case"
-    result["agreement"] = _agreement(cases, graph, baseline)
+    # a deployed file keeps its weights inside the compiled code: nothing to agree with
+    result["agreement"] = _agreement({n: c for n, c in cases.items() if n != DEPLOYED}, graph, baseline)
 
     conv = None
     if fast:
@@ -189,10 +190,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _memory(result: dict, name: str, kind: str) -> str:
     mem = result["cases"][name].get("memory")
-    if mem is None:
-        return "-"
-    if "error" in mem:
+    if mem is not None and "error" in mem:
         return "failed"
+    if mem is None or kind not in mem:
+        return "-"
     return f"{mem[kind]['peak_mib']:.0f} (+{mem[kind]['working_mib']:.0f})"
 
 
@@ -224,6 +225,8 @@ def format_report(result: dict) -> str:
                          "conv fwd ms", "conv fwd+bwd ms", "speed-up"], rows))
 
     conv = result.get("conv")
+    if not any("conv_forward" in c for c in result["cases"].values()):
+        conv = None
     if conv is not None:
         e = s["edges"]
         lines += ["", f"conv alone (layer {conv['layer']}, {conv['irreps_in']} x {conv['irreps_sh']}): per edge "
@@ -242,8 +245,9 @@ def format_report(result: dict) -> str:
                         f"{100 * conv['flops_' + suffix] * e / t / m['flop_rate']:.1f}%"]
         row += [_memory(result, name, "energy_forces"), _memory(result, name, "train_step")]
         rows.append(row)
-    lines += ["", _table(["case", "fwd bandwidth", "fwd FLOP", "f+b bandwidth", "f+b FLOP",
-                          "E+F peak MiB (+work)", "train peak MiB (+work)"], rows)]
+    if any(cell != "-" for row in rows for cell in row[1:]):
+        lines += ["", _table(["case", "fwd bandwidth", "fwd FLOP", "f+b bandwidth", "f+b FLOP",
+                              "E+F peak MiB (+work)", "train peak MiB (+work)"], rows)]
 
     others = [f"{n} |dE|/atom {a['energy_per_atom_abs_diff']:.1e}, max |dF| {a['forces_max_abs_diff']:.1e}"
               for n, a in result["agreement"].items() if n != base]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,7 +17,8 @@ from .system import SystemSpec, build_system
 @dataclass(frozen=True)
 class Setup:
     """``model``: model config keys (``species`` and ``avg_num_neighbors`` default to the system's);
-    ``model_file``: a saved model or checkpoint, whose config and weights win over ``model``."""
+    ``model_file``: a saved model or checkpoint, whose config and weights win over ``model``, or a
+    deployed ``.pt2``, whose config the other cases take (its weights stay inside the compiled code)."""
 
     model: dict
     system: SystemSpec
@@ -24,6 +26,10 @@ class Setup:
     device: str = "cpu"
     threads: int = 1
     stress: bool = False
+
+    @property
+    def deployed(self) -> bool:
+        return self.model_file is not None and self.model_file.endswith(".pt2")
 
     @property
     def torch_device(self) -> torch.device:
@@ -43,7 +49,11 @@ class Setup:
         """The model config, its saved weights (or None) and the structure's graph."""
         atoms = build_system(self.system)
         state = None
-        if self.model_file is not None:
+        if self.deployed:
+            from ..deploy import read_metadata
+
+            config = json.loads(read_metadata(self.model_file)["model_config"])
+        elif self.model_file is not None:
             state = torch.load(self.model_file, map_location="cpu", weights_only=True)
             config = dict(state["model_config"])
             state = state["state_dict"]

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
     model.add_argument("--config", metavar="YAML", help="model keys, or a training config with a model: section")
     model.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                        help="a model key, e.g. --set l_max=2 --set num_features=64 (repeatable)")
-    model.add_argument("--model", metavar="FILE", help="a saved model or training checkpoint (its config and weights)")
+    model.add_argument("--model", metavar="FILE", help="a saved model or training checkpoint (its config and weights), "
+                       "or a deployed .pt2: timed as the case 'deployed' beside backends built with its config")
     system = parser.add_argument_group("system (default: fcc Cu, 1024 atoms)")
     system.add_argument("--element", default="Cu")
     system.add_argument("--lattice", default="fcc", choices=LATTICES)
@@ -72,10 +73,12 @@ def _model_keys(args) -> dict:
 
 def _cases(args, device) -> tuple[str, ...]:
     from nequip_fast.benchmark import upstream
-    from nequip_fast.benchmark.cases import UPSTREAM, UPSTREAM_COMPILED
+    from nequip_fast.benchmark.cases import DEPLOYED, UPSTREAM, UPSTREAM_COMPILED
     from nequip_fast.benchmark.runner import default_backends
 
     names = tuple(b.strip() for b in args.backends.split(",") if b.strip()) if args.backends else default_backends(device)
+    if args.model and args.model.endswith(".pt2"):
+        names += (DEPLOYED,)
     if args.compare_upstream:
         if not upstream.available():
             print(f"nequip-fast benchmark: {upstream.NOT_INSTALLED}", file=sys.stderr)
@@ -88,6 +91,7 @@ def run_command(args) -> int:
     import torch
 
     from nequip_fast.benchmark import MEASUREMENTS
+    from nequip_fast.benchmark.cases import DEPLOYED
     from nequip_fast.benchmark.runner import Options, format_report, plot, run
     from nequip_fast.benchmark.setup import Setup
     from nequip_fast.benchmark.system import SystemSpec
@@ -104,7 +108,7 @@ def run_command(args) -> int:
                       threads=torch.get_num_threads(), stress=args.stress,
                       system=SystemSpec(args.element, args.lattice, args.atoms, args.lattice_constant, args.structure))
         cases = _cases(args, device)
-        unknown = [c for c in cases if c not in BACKENDS and not c.startswith("upstream")]
+        unknown = [c for c in cases if c not in BACKENDS + (DEPLOYED,) and not c.startswith("upstream")]
         if unknown or "auto" in cases:
             raise ValueError(f"--backends: {unknown or ['auto']} not a concrete backend; choose from "
                              f"{[b for b in BACKENDS if b != 'auto']}")
