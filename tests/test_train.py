@@ -40,10 +40,11 @@ def molecules(n: int = 12) -> list:
     return [labelled(random_molecule(5 + k % 3, seed=k)) for k in range(n)]
 
 
-def copper(n: int = 6) -> list:
+def copper(n: int = 6, repeats=(1, 2)) -> list:
+    """Rattled fcc Cu cells of 4 x repeats[k % len(repeats)] atoms, with EMT labels and stress."""
     frames = []
     for k in range(n):
-        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (1, 1, 2 if k % 2 else 1)
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (1, 1, repeats[k % len(repeats)])
         atoms.rattle(0.05, seed=k)
         frames.append(labelled(atoms, stress=True))
     return frames

@@ -14,15 +14,17 @@ import torch.multiprocessing as mp
 from nequip_fast.data.dataset import to_graphs
 from nequip_fast.model import build_model
 from nequip_fast.train import Trainer, load_config, parse_config
+from nequip_fast.train.data import Batches
 from nequip_fast.train.distributed import Dist
 from nequip_fast.train.trainer import resolve_model_config
 from test_train import TINY_MODEL, copper, write_config
 
-BATCH = 4  # structures in the combined batch; with 2 processes each holds 2 (of different sizes)
+BATCH = 4  # structures in the combined batch; with 2 processes each holds 2
 
 
 def graphs():
-    return to_graphs(copper(BATCH), ["Cu"], TINY_MODEL["r_max"])
+    """4, 8, 8 and 8 atoms: however they are shuffled, the two processes hold different atom counts."""
+    return to_graphs(copper(BATCH, repeats=(1, 2, 2, 2)), ["Cu"], TINY_MODEL["r_max"])
 
 
 def one_step(rank: int, world_size: int) -> dict[str, torch.Tensor]:
@@ -50,7 +52,8 @@ def worker(rank: int, world_size: int, store: str, out: str) -> None:
 
 
 def test_two_processes_match_one(tmp_path):
-    assert len({g.pos.shape[0] for g in graphs()}) > 1, "the test needs unequal atom counts per process"
+    shares = [next(Batches(graphs(), BATCH // 2, True, rank=r, world_size=2).epoch(0)) for r in range(2)]
+    assert shares[0].pos.shape[0] != shares[1].pos.shape[0], "the test needs unequal atom counts per process"
     single = one_step(0, 1)
     mp.spawn(worker, args=(2, str(tmp_path / "store"), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
     multi = torch.load(tmp_path / "ddp.pt", weights_only=True)
