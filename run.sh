@@ -14,16 +14,16 @@ setup() {
     "$PY" -m pip install -q --disable-pip-version-check setuptools wheel
     # Keep an installed torch; a bare "torch" requirement would pull a multi-GB CUDA build.
     "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
-    "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[$1]"
+    "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e "$1"
 }
 
 case "${1:-}" in
     demo)
-        setup demo
+        setup .
         PATH="$VENV/bin:$PATH" bash examples/demo.sh
         ;;
     test)
-        setup test
+        setup ".[test]"
         shift
         "$PY" -m pytest -q -rs tests "$@"
         ;;
