@@ -15,16 +15,17 @@ from .model import Potential, load_model
 class NequIPCalculator(Calculator):
     """Energy, per-atom energies, forces and (for fully periodic cells) stress of a NequIP model.
 
-    ``model_or_path`` is a ``Potential`` (e.g. from ``build_model``) or a path to a saved model
-    or training checkpoint. Species are matched by element symbol, so the Atoms may list
-    elements in any order; an element the model does not know is an error naming it.
+    ``model_or_path`` is a ``Potential`` (e.g. from ``build_model``) or a path to a saved model,
+    a training checkpoint or a deployed ``.pt2`` file (``nequip-fast deploy``). Species are
+    matched by element symbol, so the Atoms may list elements in any order; an element the
+    model does not know is an error naming it.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(self, model_or_path: Potential | str | Path, device: str = "cpu", **kwargs):
         super().__init__(**kwargs)
-        model = model_or_path if isinstance(model_or_path, torch.nn.Module) else load_model(model_or_path)
+        model = model_or_path if isinstance(model_or_path, torch.nn.Module) else _load(model_or_path)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
@@ -44,3 +45,11 @@ class NequIPCalculator(Calculator):
         if periodic:
             stress = out.stress[0].detach().cpu().double().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
+
+
+def _load(path: str | Path) -> torch.nn.Module:
+    if Path(path).suffix == ".pt2":
+        from .deploy import DeployedPotential
+
+        return DeployedPotential(path)
+    return load_model(path)

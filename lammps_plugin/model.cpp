@@ -1,0 +1,113 @@
+#include "model.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <dlfcn.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/headeronly/version.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
+namespace nequip {
+namespace {
+
+const char *const FORMAT = "nequip_fast.deployed.v1";  // nequip_fast/deploy/package.py
+const char *const REDEPLOY = "redeploy the checkpoint with `nequip-fast deploy`";
+
+std::string release(const std::string &version) { return version.substr(0, version.find('+')); }
+
+std::string first_line(const std::string &text) { return text.substr(0, text.find('\n')); }
+
+// The fused conv ops (nequip_fast::segment_conv, ...) live in nequip_fast's extension library,
+// which must be loaded before a model that calls them runs. RTLD_LAZY: the library also holds a
+// Python module init that is never called here.
+void load_op_library(const ModelInfo &info) {
+  const char *env = std::getenv("NEQUIP_FAST_OPS_LIBRARY");
+  std::string path = env ? env : NEQUIP_FAST_OPS_LIBRARY;
+  if (path.empty())
+    throw std::runtime_error(info.path + " uses nequip_fast's fused '" + info.conv_backend +
+                             "' kernels, but the plugin was built without nequip_fast._C; set "
+                             "NEQUIP_FAST_OPS_LIBRARY to that library (nequip_fast/_C*.so)");
+  if (!dlopen(path.c_str(), RTLD_LAZY | RTLD_GLOBAL))
+    throw std::runtime_error(info.path + " uses nequip_fast's fused '" + info.conv_backend +
+                             "' kernels, but their library cannot be loaded: " + dlerror() +
+                             " (set NEQUIP_FAST_OPS_LIBRARY to nequip_fast/_C*.so)");
+}
+
+}  // namespace
+
+ModelInfo read_model_info(const std::string &path) {
+  if (!std::ifstream(path).good()) throw std::runtime_error("model file " + path + " does not exist");
+  std::unordered_map<std::string, std::string> meta;
+  try {
+    meta = torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model");
+  } catch (const std::exception &e) {
+    throw std::runtime_error(path + " is not a deployed nequip_fast model (cannot read it as an AOTInductor " +
+                             "package: " + first_line(e.what()) + "); " + REDEPLOY);
+  }
+  if (meta["format"] != FORMAT)
+    throw std::runtime_error(path + " is not a deployed nequip_fast model (format '" + meta["format"] +
+                             "', expected '" + FORMAT + "'); " + REDEPLOY);
+  for (const char *key : {"nequip_fast_version", "torch_version", "r_max", "species", "num_layers", "dtype",
+                          "device", "conv_backend"})
+    if (!meta.count(key)) throw std::runtime_error(path + ": metadata lacks '" + key + "'; " + REDEPLOY);
+
+  ModelInfo info;
+  info.path = path;
+  info.torch_version = meta["torch_version"];
+  info.nequip_fast_version = meta["nequip_fast_version"];
+  if (release(info.torch_version) != release(TORCH_VERSION))
+    throw std::runtime_error(path + " was deployed with torch " + info.torch_version +
+                             " but this plugin is built with libtorch " + TORCH_VERSION +
+                             "; compiled models are tied to a torch release: " + REDEPLOY + " under torch " +
+                             TORCH_VERSION);
+  info.dtype = meta["dtype"];
+  info.device = meta["device"];
+  info.conv_backend = meta["conv_backend"];
+  try {
+    info.r_max = std::stod(meta["r_max"]);
+    info.num_layers = std::stoi(meta["num_layers"]);
+  } catch (const std::exception &) {
+    throw std::runtime_error(path + ": metadata r_max '" + meta["r_max"] + "' or num_layers '" +
+                             meta["num_layers"] + "' is not a number; " + REDEPLOY);
+  }
+  std::istringstream names(meta["species"]);
+  for (std::string name; names >> name;) info.species.push_back(name);
+  if (info.species.empty() || info.r_max <= 0 || info.num_layers <= 0 ||
+      (info.dtype != "float32" && info.dtype != "float64"))
+    throw std::runtime_error(path + ": metadata has invalid species, r_max, num_layers or dtype; " + REDEPLOY);
+  return info;
+}
+
+Model::Model(ModelInfo info, int device_index)
+    : info_(std::move(info)),
+      device_(info_.device == "cpu" ? c10::Device(c10::kCPU)
+                                    : c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device_index))) {
+  if (info_.conv_backend == "cpu" || info_.conv_backend == "cuda") load_op_library(info_);
+  try {
+    loader_ = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+        info_.path, "model", false, 1, info_.device == "cpu" ? -1 : static_cast<c10::DeviceIndex>(device_index));
+  } catch (const std::exception &e) {
+    throw std::runtime_error("cannot load " + info_.path + ": " + first_line(e.what()));
+  }
+}
+
+Model::~Model() = default;
+
+Outputs Model::run(const at::Tensor &species, const at::Tensor &edge_index, const at::Tensor &edge_vec,
+                   int64_t nlocal) {
+  c10::InferenceMode guard;
+  const auto dtype = info_.dtype == "float64" ? at::kDouble : at::kFloat;
+  std::vector<at::Tensor> inputs{species.to(device_), edge_index.to(device_), edge_vec.to(device_, dtype),
+                                 at::scalar_tensor(nlocal, at::TensorOptions().dtype(at::kLong).device(device_))};
+  std::vector<at::Tensor> out = loader_->run(inputs);
+  auto host = [](const at::Tensor &t) { return t.to(at::kCPU, at::kDouble).contiguous(); };
+  return {host(out[0]), host(out[1]), host(out[2]), host(out[3]), host(out[4])};
+}
+
+}  // namespace nequip

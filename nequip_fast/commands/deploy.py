@@ -1,0 +1,40 @@
+"""``nequip-fast deploy CHECKPOINT OUT.pt2``: a compiled model file for LAMMPS and ``NequIPCalculator``."""
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "deploy", help="compile a model or checkpoint into one .pt2 file for LAMMPS",
+        description="Export the energy model with forces and virial (AOTInductor) and its metadata "
+                    "(r_max, species, layers, dtype, versions) into one file. The file is tied to this "
+                    "torch release and to DEVICE.")
+    parser.add_argument("model", help="model file or training checkpoint (best.pt, last.pt); with --info, a .pt2")
+    parser.add_argument("output", nargs="?", help="deployed file to write (.pt2)")
+    parser.add_argument("--device", default="cpu", help="device the file runs on: cpu or cuda (default cpu)")
+    parser.add_argument("--backend", help="conv backend compiled into the file (default: the model's); "
+                        "'cpu' for the fused CPU kernels, 'reference' for e3nn")
+    parser.add_argument("--info", action="store_true", help="only print the metadata of the deployed file MODEL")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nequip_fast.deploy import DeployError, deploy, read_metadata
+
+    if not args.info and args.output is None:
+        print("nequip-fast deploy: error: give the deployed file to write: deploy MODEL OUTPUT.pt2", file=sys.stderr)
+        return 2
+    try:
+        if not args.info:
+            from nequip_fast.model import load_model
+
+            deploy(load_model(args.model), args.output, device=args.device, backend=args.backend)
+        meta = read_metadata(args.model if args.info else args.output)
+    except (DeployError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"nequip-fast deploy: error: {exc}", file=sys.stderr)
+        return 2
+    for key, value in sorted(meta.items()):
+        if key != "model_config":
+            print(f"{key:20s} {value}")
+    return 0
