@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from ..data import AtomicGraph
 from ..data.statistics import avg_num_neighbors, force_rms, per_species_energy_shifts
@@ -72,8 +73,6 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, float]:
         """Training metrics of one epoch (errors before each step), the lr and the throughput."""
-        from tqdm import tqdm
-
         metrics = Metrics(self.model.species)
         start = time.perf_counter()
         show = self.ddp.main and sys.stderr.isatty()
