@@ -1,18 +1,21 @@
 """Convolution backends side by side: op forward, forward+backward, model energy+forces, peak memory.
 
-    .venv/bin/python benchmarks/bench_conv.py [--repeat 3] [--threads 2] [--device cuda]
+    .venv/bin/python benchmarks/bench_conv.py [--repeat 2] [--threads 2] [--device cuda]
 
 fcc Cu, 1024 atoms, r_max 5.0 (~42 neighbours), 32 channels, float32; all backends in one process
 run, so compare the ratios. Peak memory is the rise over the run of one call of the resident set
-(CPU; Linux VmHWM after a reset through /proc/self/clear_refs) or of torch's CUDA allocations
-(GPU: reference vs triton/cuda). The floor columns count what the
+(CPU; Linux VmHWM after a reset through /proc/self/clear_refs, with glibc told to return large
+blocks at once so that earlier cases do not hide later ones) or of torch's CUDA allocations (GPU:
+reference vs triton/cuda). Times are the best of --repeat runs after a warm-up run (the one that
+measures memory): the machine is shared, the minimum is the least noisy. The floor columns count what the
 fused forward must execute (FLOPs) and move (bytes: weights, sh, indices per edge, plus each node's
 input and output rows once), against this machine's measured matmul FLOP rate and copy bandwidth.
 """
 import argparse
+import os
 import platform
-import statistics
 import subprocess
+import sys
 import time
 
 import torch
@@ -54,17 +57,16 @@ def seconds(fn, repeat: int, device: torch.device) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
-    run()  # warm-up (codegen, caches)
-    return statistics.median(run() for _ in range(repeat))
+    return min(run() for _ in range(repeat))
 
 
 def machine_peaks(device: torch.device) -> tuple[float, float]:
     """(FLOP/s of a float32 matmul, bytes/s of a large copy) with the current thread count."""
     a = torch.randn(4096, 4096, dtype=DTYPE, device=device)
-    flops = 2 * 4096**3 / seconds(lambda: a @ a, 3, device)
+    flops = 2 * 4096**3 / seconds(lambda: a @ a, 4, device)
     src = torch.ones(256 * 2**20 // 4, dtype=DTYPE, device=device)
     dst = torch.empty_like(src)
-    bandwidth = 2 * src.numel() * 4 / seconds(lambda: dst.copy_(src), 5, device)
+    bandwidth = 2 * src.numel() * 4 / seconds(lambda: dst.copy_(src), 6, device)
     return flops, bandwidth
 
 
@@ -104,10 +106,10 @@ def bench_case(l_max, parity, backends, graph, repeat, peaks, device):
         conv = TensorProductConv(d, name).to(device, DTYPE)
         fwd = lambda: conv(*inputs, graph.edge_index)  # noqa: E731
         fwd_bwd = lambda: torch.autograd.grad(fwd().sum(), inputs)  # noqa: E731
-        model_ef = lambda: models[name](graph, forces=True)  # noqa: E731
-        mem_op, mem_model = peak_bytes(fwd_bwd, device), peak_bytes(model_ef, device)
+        model_ef = lambda: forces.__setitem__(name, models[name](graph, forces=True).forces)  # noqa: E731
+        mem_op, mem_model = peak_bytes(fwd_bwd, device), peak_bytes(model_ef, device)  # also the warm-up
+        fwd()
         t_fwd, t_fb, t_model = (seconds(f, repeat, device) for f in (fwd, fwd_bwd, model_ef))
-        forces[name] = model_ef().forces
         achieved = (flops * e / t_fwd / peaks[0], nbytes * e / t_fwd / peaks[1])
         rows.append((name, t_fwd, t_fb, mem_op, t_model, mem_model, achieved))
     ref = rows[0]
@@ -126,10 +128,12 @@ def bench_case(l_max, parity, backends, graph, repeat, peaks, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # fixed threshold: freed large blocks leave the RSS
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_device = ("cpu",) if device.type == "cpu" else ("triton", "cuda")

@@ -7,6 +7,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -288,9 +289,35 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at:
   return {g_sh, g_w};
 }
 
+// Both CSRs by counting sort: O(E + N), serial, stable (edges keep their order within a row).
+std::tuple<at::Tensor, at::Tensor> conv_graph_cpu(const at::Tensor& edge_index, int64_t num_nodes) {
+  TORCH_CHECK(edge_index.scalar_type() == at::kLong && edge_index.dim() == 2 && edge_index.size(0) == 2,
+              "nequip_fast conv_graph: edge_index must be int64 of shape (2, E), got ", edge_index.sizes());
+  const at::Tensor ei = edge_index.contiguous();
+  const int64_t num_edges = ei.size(1);
+  at::Tensor ptr = at::zeros({2, num_nodes + 1}, ei.options());
+  at::Tensor perm = at::empty({2, num_edges}, ei.options());
+  std::vector<int64_t> next(num_nodes);
+  for (int64_t d = 0; d < 2; ++d) {
+    const int64_t* key = ei.data_ptr<int64_t>() + d * num_edges;
+    int64_t* p = ptr.data_ptr<int64_t>() + d * (num_nodes + 1);
+    int64_t* order = perm.data_ptr<int64_t>() + d * num_edges;
+    for (int64_t e = 0; e < num_edges; ++e) {
+      TORCH_CHECK(key[e] >= 0 && key[e] < num_nodes, "nequip_fast conv_graph: node index ", key[e],
+                  " out of range for ", num_nodes, " nodes");
+      ++p[key[e] + 1];
+    }
+    for (int64_t r = 0; r < num_nodes; ++r) p[r + 1] += p[r];
+    std::copy(p, p + num_nodes, next.begin());
+    for (int64_t e = 0; e < num_edges; ++e) order[next[key[e]]++] = e;
+  }
+  return {ptr, perm};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(nequip_fast, CPU, m) {
+  m.impl("conv_graph", &conv_graph_cpu);
   m.impl("segment_conv", &segment_conv_cpu);
   m.impl("edge_grads", &edge_grads_cpu);
 }

@@ -5,6 +5,9 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(nequip_fast, m) {
+  // Row pointers (2, N + 1) and edge order (2, E) of the graph sorted stably by receiver (row 0)
+  // and by sender (row 1): the CSRs that the two ops below walk.
+  m.def("conv_graph(Tensor edge_index, SymInt num_nodes) -> (Tensor, Tensor)");
   // Rows of direction d = transpose: out[r] = sum_{k in ptr[d][r]..ptr[d][r+1]} T(x[col(e)], sh[e], w[e]),
   // e = perm[d][k], col = edge_index[1 - d]; transpose applies T^T (input and output swapped).
   m.def("segment_conv(Tensor x, Tensor sh, Tensor weight, Tensor table, Tensor edge_index, Tensor ptr, "

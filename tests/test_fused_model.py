@@ -3,8 +3,6 @@
 Energy, forces, stress, the force-loss training gradients (double backward through the op),
 forces vs finite differences, a symmetric force Jacobian, and equivariance.
 """
-
-import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation

@@ -156,6 +156,15 @@ def test_triple_backward_matches_reference(backend):
     assert_close(third(fused), third(ref), 1e-10, "d3")
 
 
+def test_native_graph_equals_torch_graph():
+    backend = cpu_or_skip()
+    edge_index = random_graph(30, 200, seed=13)
+    for a, b in zip(backend.graph(edge_index, 30), conv_graph(edge_index, 30)):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="out of range"):
+        backend.graph(edge_index, 20)
+
+
 def test_unavailable_backend_error_names_the_cause(monkeypatch):
     monkeypatch.setenv("NEQUIP_FAST_CONV_BACKEND", "cuda")
     if torch.cuda.is_available():
@@ -187,7 +196,7 @@ def test_export_and_compile():
     def forward_and_grads(x, sh, w, edge_index, table):
         x, sh, w = (t.detach().requires_grad_(True) for t in (x, sh, w))
         with torch.enable_grad():
-            out = fused_conv(backend, x, sh, w, table, conv_graph(edge_index, x.shape[0]), d.irreps_out.dim)
+            out = fused_conv(backend, x, sh, w, table, backend.graph(edge_index, x.shape[0]), d.irreps_out.dim)
             grads = torch.autograd.grad(out.pow(2).sum(), (x, sh, w))
         return (out.detach(), *grads)
 
@@ -195,7 +204,8 @@ def test_export_and_compile():
     traced = torch.fx.experimental.proxy_tensor.make_fx(forward_and_grads, tracing_mode="symbolic")(
         x, sh, w, edge_index, table)
     ops = {str(n.target) for n in traced.graph.nodes if n.op == "call_function"}
-    assert {"nequip_fast.segment_conv.default", "nequip_fast.edge_grads.default"} <= ops
+    assert {"nequip_fast.conv_graph.default", "nequip_fast.segment_conv.default",
+            "nequip_fast.edge_grads.default"} <= ops
     exported = torch.export.export(traced, (x, sh, w, edge_index, table))
     for a, e in zip(exported.module()(x, sh, w, edge_index, table), expected):
         assert_close(a, e, 1e-12, "exported")

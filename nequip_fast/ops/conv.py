@@ -10,7 +10,7 @@ import warnings
 import torch
 
 from .descriptor import ConvDescriptor
-from .fused import conv_graph, descriptor_table, fused_conv, load_backend
+from .fused import descriptor_table, fused_conv, load_backend
 from .reference import reference_conv
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
@@ -65,5 +65,6 @@ class TensorProductConv(torch.nn.Module):
             return reference_conv(self.tp, x, sh, weight, edge_index)
         if name == "cpu" and x.device.type != "cpu":
             raise RuntimeError(f"conv backend 'cpu' got {x.device.type} tensors; use 'auto', 'cuda' or 'triton'")
-        graph = conv_graph(edge_index, x.shape[0])
-        return fused_conv(load_backend(name), x, sh, weight, self.table, graph, self.out_features)
+        backend = load_backend(name)
+        graph = backend.graph(edge_index, x.shape[0])
+        return fused_conv(backend, x, sh, weight, self.table, graph, self.out_features)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -38,7 +38,7 @@ class ConvGraph(NamedTuple):
 
 
 def conv_graph(edge_index: torch.Tensor, num_nodes: int) -> ConvGraph:
-    """Both CSRs of a graph; shape-polymorphic torch ops only, so it traces under export."""
+    """Both CSRs of a graph with torch ops (any device; the C++ backend has a counting sort)."""
     edge_index = edge_index.contiguous()
     perm = torch.stack([torch.argsort(edge_index[0], stable=True), torch.argsort(edge_index[1], stable=True)])
     keys = torch.gather(edge_index, 1, perm).contiguous()
@@ -71,6 +71,7 @@ class Backend:
     name: str
     segment_conv: Callable  # (x, sh, w, table, edge_index, ptr, perm, out_features, transpose) -> out
     edge_grads: Callable  # (x, g, sh, w, table, edge_index, ptr, perm) -> (g_sh, g_w)
+    graph: Callable = conv_graph  # (edge_index, num_nodes) -> ConvGraph
 
 
 def fused_conv(backend: Backend, x, sh, weight, table, graph: ConvGraph, out_features: int) -> torch.Tensor:
@@ -141,7 +142,17 @@ def _load_native() -> tuple[Optional[Backend], str]:
     except ImportError as e:
         return None, (f"the C++ extension nequip_fast._C is not built ({e}); "
                       "build it with `pip install --no-build-isolation -e .`")
-    return _register_fake_and_autograd("nequip_fast::segment_conv", "nequip_fast::edge_grads"), ""
+    torch.library.register_fake("nequip_fast::conv_graph")(
+        lambda edge_index, num_nodes: (edge_index.new_empty(2, num_nodes + 1), edge_index.new_empty(edge_index.shape))
+    )
+    backend = _register_fake_and_autograd("nequip_fast::segment_conv", "nequip_fast::edge_grads")
+    return replace(backend, graph=_native_graph), ""
+
+
+def _native_graph(edge_index: torch.Tensor, num_nodes: int) -> ConvGraph:
+    if edge_index.device.type != "cpu":  # the counting sort is serial host code
+        return conv_graph(edge_index, num_nodes)
+    return ConvGraph(edge_index, *torch.ops.nequip_fast.conv_graph(edge_index, num_nodes))
 
 
 # --- Triton: Python custom ops around nequip_fast.kernels --------------------------------------------
@@ -207,7 +218,7 @@ def load_backend(name: str) -> Backend:
     if name == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("nequip_fast::segment_conv", "CUDA"):
         raise RuntimeError("conv backend 'cuda' is unavailable: nequip_fast._C was built without CUDA kernels "
                            "(csrc/*.cu needs a CUDA torch and nvcc at build time)")
-    return Backend(name, backend.segment_conv, backend.edge_grads)
+    return replace(backend, name=name)
 
 
 def available_backends() -> tuple[str, ...]:
