@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import statistics
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -168,8 +169,11 @@ def _median(result: dict, name: str, kind: str) -> Optional[float]:
 
 
 def _ratio(result: dict, base: str, name: str, kind: str) -> str:
-    a, b = _median(result, base, kind), _median(result, name, kind)
-    return "" if a is None or b is None else f"{a / b:.2f}x"
+    """Median over rounds of the per-round ratio: both calls of a round saw the same machine load."""
+    a, b = result["cases"][base].get(kind), result["cases"][name].get(kind)
+    if a is None or b is None:
+        return ""
+    return f"{statistics.median(x / y for x, y in zip(a['samples_s'], b['samples_s'])):.2f}x"
 
 
 def _ms(result: dict, name: str, kind: str) -> str:
@@ -209,7 +213,7 @@ def format_report(result: dict) -> str:
         f"machine: {m['cpu']}, {m['threads']} threads, device {m['device']}, torch {m['torch']}; "
         f"copy {m['bandwidth'] / 1e9:.1f} GB/s, matmul {m['flop_rate'] / 1e9:.0f} GFLOP/s",
         f"times: median ±interquartile range over {result['repeats']} interleaved rounds after "
-        f"{result['warmup']} warm-up; speed-ups against {base}",
+        f"{result['warmup']} warm-up; speed-ups against {base} (median of per-round ratios)",
         "",
     ]
     names = list(result["cases"])
