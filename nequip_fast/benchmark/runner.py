@@ -262,10 +262,12 @@ def format_report(result: dict) -> str:
         for name in names:
             if name in UPSTREAM_CASES:
                 continue
+            parts = [f"{what} {ratio} faster" for what, ratio in
+                     (("energy+forces", _ratio(result, UPSTREAM, name, "energy_forces")),
+                      ("training step", _ratio(result, UPSTREAM, name, "train_step"))) if ratio]
             mem = _memory_ratio(result, name, UPSTREAM)
-            lines.append(f"  {name}: energy+forces {_ratio(result, UPSTREAM, name, 'energy_forces')} faster, "
-                         f"training step {_ratio(result, UPSTREAM, name, 'train_step')} faster"
-                         + (f", E+F working memory {mem}" if mem else ""))
+            parts += [f"E+F working memory {mem}"] if mem else []
+            lines.append(f"  {name}: " + ", ".join(parts))
     for name, entry in result["cases"].items():
         if "error" in entry.get("memory", {}):
             lines.append(f"peak memory of {name} failed: {entry['memory']['error']}")
