@@ -1,6 +1,7 @@
 """``nequip-fast benchmark``: time and memory of a model per conv backend, optionally against upstream NequIP."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
@@ -112,6 +113,8 @@ def run_command(args) -> int:
         if unknown or "auto" in cases:
             raise ValueError(f"--backends: {unknown or ['auto']} not a concrete backend; choose from "
                              f"{[b for b in BACKENDS if b != 'auto']}")
+        if args.plot and importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot needs matplotlib: pip install matplotlib")
         sizes = tuple(int(s) for s in args.plot_sizes.split(",")) if args.plot else ()
         options = Options(setup, cases, args.warmup, args.repeats,
                           tuple(m for m in MEASUREMENTS if m not in skip), sizes, args.quiet,
