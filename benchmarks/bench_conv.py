@@ -117,7 +117,7 @@ def bench_case(l_max, parity, backends, graph, repeat, peaks, device):
           f"{d.irreps_in.dim} -> {d.irreps_out.dim} features, {d.weight_numel} weights/edge; "
           f"fused forward floor per edge: {flops / 1e3:.1f} kFLOP, {nbytes / 1e3:.2f} kB")
     print(f"| backend | op fwd ms | op fwd+bwd ms | speed-up | op peak MB | mem ratio | model E+F ms | speed-up "
-          f"| model peak MB | fwd % peak FLOP/s | fwd % bandwidth | max |dF| vs reference |")
+          f"| model peak MB | fwd % peak FLOP/s | fwd % bandwidth | max abs dF vs reference |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, t_fwd, t_fb, mem_op, t_model, mem_model, achieved in rows:
         df = (forces[name] - forces["reference"]).abs().max().item()
