@@ -25,6 +25,9 @@ case "${1:-}" in
     test)
         setup ".[test]"
         shift
+        # Without a GPU the Triton kernels run in Triton's interpreter; it must be chosen before
+        # Python starts (importing e3nn already imports triton).
+        "$PY" -c "import torch; raise SystemExit(torch.cuda.is_available())" && export TRITON_INTERPRET=1
         "$PY" -m pytest -q -rs tests "$@"
         ;;
     *)

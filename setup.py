@@ -6,6 +6,7 @@ import glob
 import os
 
 from setuptools import find_packages, setup
+import torch
 from torch.utils import cpp_extension
 
 
@@ -14,8 +15,9 @@ def conv_extension():
     # without linking a second OpenMP runtime (threads come from torch's at::parallel_for).
     cxx = ["-O3", "-fopenmp-simd"]
     sources = sorted(glob.glob("csrc/*.cpp"))
-    cuda_sources = sorted(glob.glob("csrc/*.cu"))
-    if cuda_sources and cpp_extension.CUDA_HOME is not None and os.environ.get("NEQUIP_FAST_NO_CUDA") != "1":
+    # csrc/cuda/host_emulation.cpp is a test program (it has a main), not part of the extension
+    cuda_sources = ["csrc/cuda/conv_kernels.cu", "csrc/cuda/conv_cuda.cu"]
+    if torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and os.environ.get("NEQUIP_FAST_NO_CUDA") != "1":
         return cpp_extension.CUDAExtension(
             "nequip_fast._C", sources + cuda_sources, extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             py_limited_api=True,

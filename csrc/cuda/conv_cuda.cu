@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
 
 #include <cstring>
 #include <deque>
@@ -182,3 +183,10 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cuda(const at::Tensor& x, const at
 }
 
 }  // namespace nequip_fast
+
+// The CUDA kernels of the ops declared in csrc/ops.cpp; fake functions and autograd come from
+// Python (nequip_fast/ops/fused.py) and are shared with the CPU backend.
+TORCH_LIBRARY_IMPL(nequip_fast, CUDA, m) {
+  m.impl("segment_conv", &nequip_fast::segment_conv_cuda);
+  m.impl("edge_grads", &nequip_fast::edge_grads_cuda);
+}

@@ -30,7 +30,8 @@ class ModelConfig:
     per_species_shifts, per_species_scales: atomic energy = scale * network output + shift; a
         number (all species) or one value per species (list in model order, or {symbol: value}).
     dtype: "float32" or "float64".
-    conv_backend: which kernel runs the convolution.
+    conv_backend: which kernel runs the convolution: "auto" (fused for the device), "reference" (e3nn),
+        "cpu", "triton" or "cuda".
     """
 
     species: tuple[str, ...]
@@ -49,7 +50,7 @@ class ModelConfig:
     per_species_shifts: tuple[float, ...] = field(default=())
     per_species_scales: tuple[float, ...] = field(default=())
     dtype: str = "float32"
-    conv_backend: str = "reference"
+    conv_backend: str = "auto"
 
     @staticmethod
     def from_dict(config: Mapping[str, Any]) -> "ModelConfig":
