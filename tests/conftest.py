@@ -10,6 +10,7 @@ from ase import Atoms
 
 from nequip_fast.data import AtomicGraph
 from nequip_fast.model import build_model
+from nequip_fast.ops.fused import load_backend
 
 torch.set_num_threads(1)  # test systems are tiny: more threads only add contention
 
@@ -61,6 +62,21 @@ def random_crystal(n: int = 6, seed: int = 0, symbols=("H", "C", "O")) -> Atoms:
 
 def graph_of(atoms: Atoms, model) -> AtomicGraph:
     return AtomicGraph.from_atoms(atoms, model.species, model.r_max, dtype=model.dtype)
+
+
+@pytest.fixture(params=["cpu", "triton"])
+def backend(request):
+    """Each fused backend that loads here; the others are skipped with the reason."""
+    try:
+        load_backend(request.param)
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    return request.param
+
+
+def interpreted(backend):
+    """The Triton interpreter runs kernels in numpy: keep its cases small (GPUs run them all)."""
+    return backend == "triton" and not torch.cuda.is_available()
 
 
 @pytest.fixture

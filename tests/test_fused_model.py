@@ -7,25 +7,11 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from conftest import graph_of, random_crystal, random_molecule, small_config
+from conftest import graph_of, interpreted, random_crystal, random_molecule, small_config
 from nequip_fast.data import batch_graphs
 from nequip_fast.model import build_model
 from nequip_fast.ops.conv import _auto_backend
 from nequip_fast.ops.fused import load_backend
-
-
-@pytest.fixture(params=["cpu", "triton"])
-def backend(request):
-    try:
-        load_backend(request.param)
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    return request.param
-
-
-def interpreted(backend):
-    """The Triton interpreter runs kernels in numpy: keep its cases small (GPUs run them all)."""
-    return backend == "triton" and not torch.cuda.is_available()
 
 
 def model_pair(backend, seed=0, **overrides):

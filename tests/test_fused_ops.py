@@ -8,6 +8,7 @@ import pytest
 import torch
 from e3nn import o3
 
+from conftest import interpreted
 from nequip_fast.ops import ConvDescriptor, TensorProductConv
 from nequip_fast.ops.fused import conv_graph, descriptor_table, fused_conv, load_backend
 
@@ -20,20 +21,6 @@ CASES = {  # irreps_in, l_max of the spherical harmonics, parity
     "mul32-l1": ("32x0e+32x1o", 1, True),
     "mixed-l3": ("5x0e+2x0o+3x1o+4x1e+2x2e+1x3o", 3, True),
 }
-
-
-@pytest.fixture(params=["cpu", "triton"])
-def backend(request):
-    try:
-        load_backend(request.param)
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    return request.param
-
-
-def interpreted(backend):
-    """The Triton interpreter runs kernels in numpy: keep its cases small (GPUs run them all)."""
-    return backend == "triton" and not torch.cuda.is_available()
 
 
 @contextlib.contextmanager
