@@ -100,6 +100,9 @@ def test_matches_reference_through_double_backward(backend, case, dtype):
 
 
 def test_gradcheck_and_gradgradcheck(backend):
+    if interpreted(backend):
+        pytest.skip("gradcheck needs thousands of kernel launches, too slow in the Triton interpreter; on CPU "
+                    "the Triton derivatives are checked against the reference by the double-backward tests")
     d = ConvDescriptor.nequip("2x0e+2x1o+1x2e", o3.Irreps.spherical_harmonics(2), ALL_TARGETS)
     edge_index = random_graph(5, 4, seed=4)
     conv = make_conv(d, backend, torch.float64)
