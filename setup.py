@@ -11,18 +11,21 @@ from torch.utils import cpp_extension
 
 
 def conv_extension():
-    # No -march: the wheel must run on any x86_64; `omp simd` vectorises the channel loops
-    # without linking a second OpenMP runtime (threads come from torch's at::parallel_for).
-    cxx = ["-O3", "-fopenmp-simd"]
+    # No -march: the wheel must run on any x86_64. -fopenmp is what makes at::parallel_for (inline
+    # `omp parallel` in torch's headers) run threads at all; the link resolves to the libgomp.so.1
+    # that torch has already loaded, so there is one OpenMP runtime and torch.set_num_threads applies.
+    cxx = ["-O3", "-fopenmp"]
+    link = ["-fopenmp"]
     sources = sorted(glob.glob("csrc/*.cpp"))
     # csrc/cuda/host_emulation.cpp is a test program (it has a main), not part of the extension
     cuda_sources = ["csrc/cuda/conv_kernels.cu", "csrc/cuda/conv_cuda.cu"]
     if torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and os.environ.get("NEQUIP_FAST_NO_CUDA") != "1":
         return cpp_extension.CUDAExtension(
             "nequip_fast._C", sources + cuda_sources, extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
-            py_limited_api=True,
+            extra_link_args=link, py_limited_api=True,
         )
-    return cpp_extension.CppExtension("nequip_fast._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=True)
+    return cpp_extension.CppExtension("nequip_fast._C", sources, extra_compile_args={"cxx": cxx},
+                                      extra_link_args=link, py_limited_api=True)
 
 
 setup(

@@ -6,7 +6,8 @@ from ase.build import bulk
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from conftest import graph_of, random_crystal, random_molecule, small_model
-from nequip_fast.data import batch_graphs, neighbor_list
+from nequip_fast.data import AtomicGraph, batch_graphs, neighbor_list
+from nequip_fast.data.neighbors import edges_paired
 
 
 def test_neighbor_list_matches_ase_on_a_triclinic_cell():
@@ -16,7 +17,9 @@ def test_neighbor_list_matches_ase_on_a_triclinic_cell():
     ours = sorted(zip(edge_index[0], edge_index[1], map(tuple, shifts)))
     theirs = sorted(zip(i, j, map(tuple, S)))
     assert ours == theirs
-    assert (np.diff(edge_index[0]) >= 0).all()  # sorted by receiver, as the fused kernels like it
+    half = edge_index.shape[1] // 2
+    assert edges_paired(edge_index, shifts)  # edge k + E/2 reverses edge k: one radial MLP row per pair
+    assert (np.diff(edge_index[0, :half]) >= 0).all()
     assert ((edge_index[0] == edge_index[1]) & (np.abs(shifts).sum(1) > 0)).any()  # self-images present
 
 
@@ -35,6 +38,31 @@ def test_batch_equals_one_at_a_time():
         torch.testing.assert_close(batched.stress[k], single.stress[0], atol=1e-12, rtol=0, equal_nan=True)
         start += n
     assert torch.isnan(batched.stress[0]).all() and torch.isfinite(batched.stress[1]).all()
+
+
+def test_paired_and_unpaired_edge_layouts_agree():
+    """The paired layout runs the radial MLP on half the edges; shuffled edges take the full path."""
+    model = small_model(seed=4)
+    structures = [random_crystal(n=4, seed=5), random_molecule(n=6, seed=6)]
+    graph = batch_graphs([graph_of(a, model) for a in structures])
+    assert edges_paired(graph.edge_index, graph.edge_shift)
+    order = torch.randperm(graph.edge_index.shape[1], generator=torch.Generator().manual_seed(0))
+    shuffled = AtomicGraph(**{**graph.__dict__, "edge_index": graph.edge_index[:, order],
+                              "edge_shift": graph.edge_shift[order]})
+    assert not edges_paired(shuffled.edge_index, shuffled.edge_shift)
+    a, b = model(graph, stress=True), model(shuffled, stress=True)
+    torch.testing.assert_close(a.energy, b.energy, atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.forces, b.forces, atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.virial, b.virial, atol=1e-12, rtol=0)
+    grads = []
+    for g in (graph, shuffled):  # training gradients too
+        model.zero_grad()
+        pred = model(g, create_graph=True)
+        (pred.energy.sum() + pred.forces.square().sum()).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for ga, gb in zip(*grads):
+        torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-10)
 
 
 def test_wrapped_and_lattice_shifted_structures_agree():

@@ -8,11 +8,9 @@ Where the two differ in parametrisation (not in function), the transfer absorbs 
 - upstream embeds species with ``torch.nn.Embedding`` and uses that embedding as the node
   attributes of the self-connection; nequip_fast uses one-hot attributes. Both are linear in the
   attributes, so per species the self-connection weights are the embedding-contracted ones.
-- upstream's first layer has no self-connection (nequip_fast's gets zero weights) and its last
-  layer outputs scalars only (nequip_fast's extra outputs get zero weights; the readout reads
-  scalars only).
+- upstream's first layer has no self-connection (nequip_fast's gets zero weights).
 - upstream's readout is one linear layer, nequip_fast's two; upstream's radial MLP uses plain
-  SiLU and a sqrt(2) gain, e3nn's ``FullyConnectedNet`` a normalised SiLU; Bessel frequencies
+  SiLU and a sqrt(2) gain, nequip_fast's (e3nn's ``FullyConnectedNet``) a normalised SiLU; Bessel frequencies
   are ``n`` upstream and ``n pi`` here.
 - the order of the gated irreps differs (upstream loops l then parity, nequip_fast parity then
   l), which permutes channels, tensor-product paths and radial-MLP outputs; the transfer matches
@@ -188,20 +186,18 @@ def _set_self_connection(sc: o3.FullyConnectedTensorProduct, m: torch.Tensor) ->
 
 
 def _set_radial_mlp(up_mlp, nf_mlp, outputs_up: list[Label], outputs_nf: list[Label]) -> None:
-    """Upstream ``h -> silu(h @ (alpha U))``; e3nn ``h -> c silu(h @ W / sqrt(fan_in))``; the outputs
-    are the tensor-product weights, labelled by path and channel."""
+    """Upstream ``h -> silu(h @ (alpha U))``; nequip_fast ``h -> silu(h @ (scale W))`` (its scale
+    includes the SiLU normalisation of the layer before); the outputs are the tensor-product
+    weights, labelled by path and channel."""
     up = [m for m in up_mlp if hasattr(m, "alpha")]
-    nf = list(nf_mlp)
-    if len(up) != len(nf):
-        raise ValueError(f"radial MLP depths differ: upstream {len(up)} layers, nequip_fast {len(nf)}")
-    previous_cst = 1.0
-    for k, (u, n) in enumerate(zip(up, nf)):
-        w = u.weight.detach().double() * float(u.alpha) * math.sqrt(n.h_in) / previous_cst
-        if k == len(nf) - 1:
+    if len(up) != len(nf_mlp.weights):
+        raise ValueError(f"radial MLP depths differ: upstream {len(up)} layers, nequip_fast {len(nf_mlp.weights)}")
+    for k, (u, weight) in enumerate(zip(up, nf_mlp.weights)):
+        w = u.weight.detach().double() * float(u.alpha) / nf_mlp.scales[k]
+        if k == len(up) - 1:
             rows = list(range(w.shape[0]))
             w = _remap(w, rows, rows, outputs_up, outputs_nf)
-        n.weight.copy_(w)
-        previous_cst = float(n.act.cst) if n.act is not None else 1.0
+        weight.copy_(w)
 
 
 @torch.no_grad()

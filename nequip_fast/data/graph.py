@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .neighbors import neighbor_list
+from .neighbors import edges_paired, neighbor_list
 
 
 class UnknownSpeciesError(ValueError):
@@ -100,7 +100,8 @@ def _targets(atoms: Atoms, dtype):
 
 
 def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
-    """One graph of several structures; edges stay sorted by centre atom."""
+    """One graph of several structures; if every graph's edges are paired (``edges_paired``), so are
+    the batch's: all first halves, then all second halves."""
     if not graphs:
         raise ValueError("cannot batch an empty list of structures")
     offsets = np.cumsum([0] + [g.pos.shape[0] for g in graphs[:-1]])
@@ -111,13 +112,19 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
             return None
         return torch.cat(values)
 
+    edge_index, edge_shift = [g.edge_index for g in graphs], [g.edge_shift for g in graphs]
+    if all(edges_paired(g.edge_index, g.edge_shift) for g in graphs):
+        halves = [g.edge_index.shape[1] // 2 for g in graphs]
+        edge_index = [ei[:, :h] for ei, h in zip(edge_index, halves)] + [ei[:, h:] for ei, h in zip(edge_index, halves)]
+        edge_shift = [s[:h] for s, h in zip(edge_shift, halves)] + [s[h:] for s, h in zip(edge_shift, halves)]
+        offsets = np.concatenate([offsets, offsets])
     return AtomicGraph(
         pos=torch.cat([g.pos for g in graphs]),
         species=torch.cat([g.species for g in graphs]),
         cell=torch.cat([g.cell for g in graphs]),
         pbc=torch.cat([g.pbc for g in graphs]),
-        edge_index=torch.cat([g.edge_index + int(o) for g, o in zip(graphs, offsets)], dim=1),
-        edge_shift=torch.cat([g.edge_shift for g in graphs]),
+        edge_index=torch.cat([ei + int(o) for ei, o in zip(edge_index, offsets)], dim=1),
+        edge_shift=torch.cat(edge_shift),
         batch=torch.cat([torch.full_like(g.batch, k) for k, g in enumerate(graphs)]),
         energy=cat_optional("energy"),
         forces=cat_optional("forces"),

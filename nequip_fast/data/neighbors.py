@@ -22,10 +22,12 @@ def check_positions(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) ->
 
 
 def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
-    """All ordered pairs ``(i, j, shift)`` with ``|x_j + shift @ cell - x_i| < r_max``, sorted by i.
+    """All ordered pairs ``(i, j, shift)`` with ``|x_j + shift @ cell - x_i| < r_max``, in pairs.
 
     Returns ``edge_index`` (2, E) with row 0 the centre atom i (the receiver of the message) and
-    row 1 the neighbour j (the sender), and integer cell shifts (E, 3). Raises ``GeometryError``
+    row 1 the neighbour j (the sender), and integer cell shifts (E, 3). The layout is "paired"
+    (see ``edges_paired``): the first E/2 edges (sorted by i, then j), then the same edges reversed in
+    the same order, so the model evaluates each pair's radial network once. Raises ``GeometryError``
     for overlapping atoms, naming them.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
@@ -33,7 +35,7 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
     pbc = np.asarray(pbc, dtype=bool)
     check_positions(positions, cell, pbc)
     box = cell if pbc.any() else np.zeros((3, 3))
-    i, j, shifts, d = vesin.NeighborList(cutoff=float(r_max), full_list=True).compute(
+    i, j, shifts, d = vesin.NeighborList(cutoff=float(r_max), full_list=False).compute(
         positions, box, pbc.tolist(), quantities="ijSd"
     )
     close = d < MIN_DISTANCE
@@ -43,5 +45,18 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
             f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3g} A apart (< {MIN_DISTANCE} A): overlapping atoms"
         )
     order = np.lexsort((j, i))
-    edge_index = np.stack([i[order], j[order]]).astype(np.int64)
-    return edge_index, shifts[order].astype(np.int64)
+    i, j, shifts = i[order].astype(np.int64), j[order].astype(np.int64), shifts[order].astype(np.int64)
+    edge_index = np.stack([np.concatenate([i, j]), np.concatenate([j, i])])
+    return edge_index, np.concatenate([shifts, -shifts])
+
+
+def edges_paired(edge_index, edge_shift) -> bool:
+    """Whether edge ``k + E/2`` is edge ``k`` reversed (same pair, opposite shift) for every k < E/2
+    (numpy arrays or torch tensors)."""
+    num_edges = edge_index.shape[1]
+    if num_edges % 2:
+        return False
+    half = num_edges // 2
+    return bool((edge_index[0, :half] == edge_index[1, half:]).all()
+                and (edge_index[1, :half] == edge_index[0, half:]).all()
+                and (edge_shift[:half] == -edge_shift[half:]).all())

@@ -3,9 +3,10 @@ import math
 
 import torch
 from e3nn import o3
-from e3nn.nn import FullyConnectedNet, Gate
+from e3nn.nn import Gate
 
 from ..ops import ConvDescriptor, TensorProductConv
+from .radial import RadialMLP
 
 _SCALAR_ACTS = {1: torch.nn.functional.silu, -1: torch.tanh}
 
@@ -24,17 +25,19 @@ class InteractionBlock(torch.nn.Module):
         self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
         descriptor = ConvDescriptor.nequip(self.irreps_in, irreps_sh, self.irreps_out)
         self.conv = TensorProductConv(descriptor, conv_backend)
-        self.radial_mlp = FullyConnectedNet(
-            [num_basis] + mlp_depth * [mlp_width] + [descriptor.weight_numel], torch.nn.functional.silu
-        )
+        self.radial_mlp = RadialMLP([num_basis] + mlp_depth * [mlp_width] + [descriptor.weight_numel])
         self.linear_2 = o3.Linear(descriptor.irreps_out.simplify(), self.irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_attrs, self.irreps_out)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
-    def forward(self, x, attrs, sh, radial, edge_index):
+    def forward(self, x, attrs, sh, radial, edge_index, paired: bool):
+        """``paired``: ``radial`` holds the first half of the edges; the second half reverses them."""
         sc = self.self_connection(x, attrs)
         h = self.linear_1(x)
-        h = self.conv(h, sh, self.radial_mlp(radial), edge_index) * self.norm
+        weight = self.radial_mlp(radial)
+        if paired:
+            weight = torch.cat((weight, weight))
+        h = self.conv(h, sh, weight, edge_index) * self.norm
         return self.linear_2(h) + sc
 
 
@@ -56,5 +59,5 @@ class ConvNetLayer(torch.nn.Module):
         self.block = InteractionBlock(irreps_in, self.gate.irreps_in, irreps_sh, irreps_attrs, **block_kwargs)
         self.irreps_out = self.gate.irreps_out
 
-    def forward(self, x, attrs, sh, radial, edge_index):
-        return self.gate(self.block(x, attrs, sh, radial, edge_index))
+    def forward(self, x, attrs, sh, radial, edge_index, paired: bool):
+        return self.gate(self.block(x, attrs, sh, radial, edge_index, paired))

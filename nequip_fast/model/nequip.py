@@ -27,10 +27,12 @@ class NequIPEnergy(torch.nn.Module):
         self.radial = RadialEmbedding(cfg.r_max, cfg.num_bessels, cfg.bessel_trainable, cfg.polynomial_p)
         self.embedding = o3.Linear(irreps_attrs, o3.Irreps(f"{cfg.num_features}x0e"))
 
+        # The readout reads scalars only, so the last layer computes only the paths to scalars (as upstream).
+        hidden = [hidden_irreps(cfg)] * (cfg.num_layers - 1) + [o3.Irreps(f"{cfg.num_features}x0e")]
         irreps, layers = self.embedding.irreps_out, []
-        for _ in range(cfg.num_layers):
+        for irreps_hidden in hidden:
             layer = ConvNetLayer(
-                irreps, hidden_irreps(cfg), self.irreps_sh, irreps_attrs,
+                irreps, irreps_hidden, self.irreps_sh, irreps_attrs,
                 num_basis=cfg.num_bessels, mlp_depth=cfg.radial_mlp_depth, mlp_width=cfg.radial_mlp_width,
                 avg_num_neighbors=cfg.avg_num_neighbors, conv_backend=cfg.conv_backend,
             )
@@ -46,13 +48,19 @@ class NequIPEnergy(torch.nn.Module):
         self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.get_default_dtype()))
         self.register_buffer("scales", torch.tensor(scales, dtype=torch.get_default_dtype()))
 
-    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor) -> torch.Tensor:
-        """Per-atom energies ``(num_atoms,)``; ``edge_vec[e]`` points from receiver ``edge_index[0, e]`` to sender."""
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
+                paired: bool = False) -> torch.Tensor:
+        """Per-atom energies ``(num_atoms,)``; ``edge_vec[e]`` points from receiver ``edge_index[0, e]`` to sender.
+
+        ``paired``: edge ``k + E/2`` is edge ``k`` reversed (``data.neighbors.edges_paired``), so the
+        radial networks run on the first half only; the caller guarantees it.
+        """
         attrs = torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype)
         sh = self.spherical_harmonics(edge_vec)
-        radial = self.radial(torch.linalg.vector_norm(edge_vec, dim=-1))
+        lengths = torch.linalg.vector_norm(edge_vec[: edge_vec.shape[0] // 2] if paired else edge_vec, dim=-1)
+        radial = self.radial(lengths)
         x = self.embedding(attrs)
         for layer in self.layers:
-            x = layer(x, attrs, sh, radial, edge_index)
+            x = layer(x, attrs, sh, radial, edge_index, paired)
         atomic = self.readout(x).squeeze(-1)
         return atomic * self.scales[species] + self.shifts[species]

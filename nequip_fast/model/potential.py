@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..data.graph import AtomicGraph
+from ..data.neighbors import edges_paired
 from .config import ModelConfig
 from .nequip import NequIPEnergy
 
@@ -51,7 +52,8 @@ class Potential(torch.nn.Module):
             receiver, sender = graph.edge_index[0], graph.edge_index[1]
             shift = torch.einsum("ei,eij->ej", graph.edge_shift, cell[graph.batch[receiver]])
             edge_vec = pos[sender] - pos[receiver] + shift
-            atomic = self.energy_model(graph.species, graph.edge_index, edge_vec)
+            paired = edges_paired(graph.edge_index, graph.edge_shift)
+            atomic = self.energy_model(graph.species, graph.edge_index, edge_vec, paired)
             energy = torch.zeros(graph.num_graphs, dtype=atomic.dtype, device=atomic.device)
             energy = energy.index_add(0, graph.batch, atomic)
 

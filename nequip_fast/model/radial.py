@@ -1,7 +1,9 @@
 """Edge length encoding: Bessel functions times a smooth polynomial cutoff (upstream NequIP's)."""
 import math
+from typing import Sequence
 
 import torch
+from e3nn.math import normalize2mom
 
 
 class BesselBasis(torch.nn.Module):
@@ -50,3 +52,27 @@ class RadialEmbedding(torch.nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return self.basis(r) * self.cutoff(r).unsqueeze(-1)
+
+
+class RadialMLP(torch.nn.Module):
+    """Radial basis -> per-edge tensor-product weights: the function and parameters of e3nn's
+    ``FullyConnectedNet`` (N(0, 1) weights scaled by 1/sqrt(fan_in), SiLU normalised to unit second
+    moment), with every constant folded into the small weight matrices instead of multiplying the
+    (edges x width) activations, which cost as much as the matmuls."""
+
+    def __init__(self, sizes: Sequence[int]):
+        super().__init__()
+        self.sizes = tuple(sizes)
+        self.weights = torch.nn.ParameterList(
+            torch.nn.Parameter(torch.randn(fan_in, fan_out)) for fan_in, fan_out in zip(sizes, sizes[1:])
+        )
+        silu_norm = normalize2mom(torch.nn.functional.silu).cst
+        self.scales = tuple((1.0 if k == 0 else silu_norm) / math.sqrt(fan_in) for k, fan_in in enumerate(sizes[:-1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for k, weight in enumerate(self.weights):
+            x = x @ (weight * self.scales[k])
+            if k < last:
+                x = torch.nn.functional.silu(x)
+        return x
