@@ -46,4 +46,7 @@ struct PathTable {
 
 PathTable parse_table(const at::Tensor& table, bool transpose);
 
+// The ConvGraph operands (edge_index, ptr, perm) of every op, checked alike on every device.
+void check_graph(const at::Tensor& edge_index, const at::Tensor& ptr, const at::Tensor& perm, int64_t num_edges);
+
 }  // namespace nequip_fast

@@ -53,12 +53,19 @@ struct Rows {
   int64_t fs;
   const T* w;
   int64_t fw;
+  int64_t w_rows;  // E, or E/2 for paired edges: edge e >= w_rows uses row e - w_rows (see weight_row)
   const int64_t* ptr;
   const int64_t* perm;
   const int64_t* col;
 };
 
 #define NEQUIP_FAST_INLINE __attribute__((always_inline)) inline
+
+// Paired edges (edge k + E/2 reverses edge k) share one weight row: the radial MLP runs once per pair.
+template <typename T>
+NEQUIP_FAST_INLINE const T* weight_row(const Rows<T>& a, int64_t e) {
+  return a.w + (e < a.w_rows ? e : e - a.w_rows) * a.fw;
+}
 
 // c[q] = sum over the terms of pair q of value * sh[j]: the CG tensor contracted with this edge's sh.
 template <typename T>
@@ -78,7 +85,7 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, T* acc, int64_t
   for (int64_t k = a.ptr[r]; k < a.ptr[r + 1]; ++k) {
     const int64_t e = a.perm[k];
     const T* xa = a.x + a.col[e] * a.fa;
-    const T* we = a.w + e * a.fw;
+    const T* we = weight_row(a, e);
     contract_sh(a, a.sh + e * a.fs, c);
     for (int64_t pi = 0; pi < a.num_paths; ++pi) {
       const PathView& p = a.paths[pi];
@@ -100,41 +107,57 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, T* acc, int64_t
   }
 }
 
-// For each edge of row r: g_w[e] and g_sh[e] of <g[r], T(x[col], sh[e], w[e])>.
+// g_sh[e] (written) and g_w (accumulated into gwe) of <g[r], T(x[sender], sh[e], w[e])> for one edge e.
 template <int64_t MUL, typename T>
-NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, T* c, T* g_sh, T* g_w) {
+NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, T* c, T* g_sh, T* gwe) {
   const T* gr = a.g + r * a.fb;
-  for (int64_t k = a.ptr[r]; k < a.ptr[r + 1]; ++k) {
-    const int64_t e = a.perm[k];
-    const T* xa = a.x + a.col[e] * a.fa;
-    const T* we = a.w + e * a.fw;
-    T* gye = g_sh + e * a.fs;
-    T* gwe = g_w + e * a.fw;
-    // Each edge belongs to exactly one row, so zeroing here (cache-hot) replaces a zero-filled allocation.
-    for (int64_t f = 0; f < a.fs; ++f) gye[f] = 0;
-    for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
-    contract_sh(a, a.sh + e * a.fs, c);
-    for (int64_t pi = 0; pi < a.num_paths; ++pi) {
-      const PathView& p = a.paths[pi];
-      const int64_t mul = MUL > 0 ? MUL : p.mul;
-      const T* wp = we + p.w_off;
-      T* gwp = gwe + p.w_off;
-      for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
-        const Pair& pr = a.pairs[q];
-        const T cq = c[q];
-        const T* xp = xa + p.a_off + pr.a * mul;
-        const T* gp = gr + p.b_off + pr.b * mul;
-        T dot = 0;
+  const T* xa = a.x + a.col[e] * a.fa;
+  const T* we = weight_row(a, e);
+  T* gye = g_sh + e * a.fs;
+  for (int64_t f = 0; f < a.fs; ++f) gye[f] = 0;
+  contract_sh(a, a.sh + e * a.fs, c);
+  for (int64_t pi = 0; pi < a.num_paths; ++pi) {
+    const PathView& p = a.paths[pi];
+    const int64_t mul = MUL > 0 ? MUL : p.mul;
+    const T* wp = we + p.w_off;
+    T* gwp = gwe + p.w_off;
+    for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
+      const Pair& pr = a.pairs[q];
+      const T cq = c[q];
+      const T* xp = xa + p.a_off + pr.a * mul;
+      const T* gp = gr + p.b_off + pr.b * mul;
+      T dot = 0;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t u = 0; u < mul; ++u) {
-          const T xg = xp[u] * gp[u];
-          gwp[u] += cq * xg;
-          dot += wp[u] * xg;
-        }
-        for (int64_t m = pr.term_begin; m < pr.term_end; ++m) gye[a.term_j[m]] += a.term_value[m] * dot;
+      for (int64_t u = 0; u < mul; ++u) {
+        const T xg = xp[u] * gp[u];
+        gwp[u] += cq * xg;
+        dot += wp[u] * xg;
       }
+      for (int64_t m = pr.term_begin; m < pr.term_end; ++m) gye[a.term_j[m]] += a.term_value[m] * dot;
     }
   }
+}
+
+// Unpaired: for each edge of row r (the CSR by receiver keeps g[r] in cache), its own g_w row.
+template <int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, T* c, T* g_sh, T* g_w) {
+  for (int64_t k = a.ptr[r]; k < a.ptr[r + 1]; ++k) {
+    const int64_t e = a.perm[k];
+    T* gwe = g_w + e * a.fw;
+    // Each edge belongs to exactly one row, so zeroing here (cache-hot) replaces a zero-filled allocation.
+    for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
+    edge_grads_edge<MUL>(a, e, r, c, g_sh, gwe);
+  }
+}
+
+// Paired: edges k and k + w_rows share weight row k, so one task owns both and sums their g_w.
+template <int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void edge_grads_pair(const Rows<T>& a, int64_t k, const int64_t* receiver, T* c, T* g_sh,
+                                        T* g_w) {
+  T* gwe = g_w + k * a.fw;
+  for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
+  edge_grads_edge<MUL>(a, k, receiver[k], c, g_sh, gwe);
+  edge_grads_edge<MUL>(a, k + a.w_rows, receiver[k + a.w_rows], c, g_sh, gwe);
 }
 
 // One clone per ISA level, picked at load time (ifunc): AVX2+FMA where the CPU has it, baseline
@@ -164,6 +187,10 @@ NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, T* c, T* g_s
   NEQUIP_FAST_CLONES void edge_grads_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, T* c,  \
                                                   T* g_sh, T* g_w) {                                    \
     for (int64_t r = begin; r < end; ++r) edge_grads_row<MUL>(a, r, c, g_sh, g_w);                     \
+  }                                                                                                    \
+  NEQUIP_FAST_CLONES void edge_grads_pairs##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,       \
+                                                   const int64_t* receiver, T* c, T* g_sh, T* g_w) {    \
+    for (int64_t k = begin; k < end; ++k) edge_grads_pair<MUL>(a, k, receiver, c, g_sh, g_w);          \
   }
 // NequIP's default 32 channels get unrolled kernels; any other channel counts the generic ones.
 NEQUIP_FAST_ROW_FUNCTIONS(float, 0, )
@@ -182,7 +209,7 @@ Rows<T> make_rows(const PathTable& t, const std::vector<T>& term_value, const at
                   const at::Tensor& w, const int64_t* ptr, const int64_t* perm, const int64_t* col) {
   return Rows<T>{t.paths.data(), static_cast<int64_t>(t.paths.size()), t.pairs.data(),
                  static_cast<int64_t>(t.pairs.size()), nullptr, term_value.data(), xt.data_ptr<T>(), xt.size(1),
-                 nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(), w.size(1), ptr, perm, col};
+                 nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(), w.size(1), w.size(0), ptr, perm, col};
 }
 
 template <typename T>
@@ -207,8 +234,8 @@ void segment_conv_kernel(const PathTable& t, const at::Tensor& xt, const at::Ten
 
 template <typename T>
 void edge_grads_kernel(const PathTable& t, const at::Tensor& xt, const at::Tensor& gt, const at::Tensor& sh,
-                       const at::Tensor& w, const int64_t* ptr, const int64_t* perm, const int64_t* sender,
-                       at::Tensor& g_sh, at::Tensor& g_w) {
+                       const at::Tensor& w, const int64_t* ptr, const int64_t* perm, const int64_t* receiver,
+                       const int64_t* sender, at::Tensor& g_sh, at::Tensor& g_w) {
   std::vector<int64_t> term_j;
   std::vector<T> term_value;
   for (const Term& term : t.terms) term_j.push_back(term.j), term_value.push_back(static_cast<T>(term.value));
@@ -218,6 +245,16 @@ void edge_grads_kernel(const PathTable& t, const at::Tensor& xt, const at::Tenso
   rows.fb = gt.size(1);
   T* gy = g_sh.data_ptr<T>();
   T* gw = g_w.data_ptr<T>();
+  if (w.size(0) < sh.size(0)) {  // paired: one task per weight row
+    at::parallel_for(0, w.size(0), kRowGrain * 16, [&](int64_t begin, int64_t end) {
+      std::vector<T> c(t.pairs.size());
+      if (all_mul_32(t))
+        edge_grads_pairs32(rows, begin, end, receiver, c.data(), gy, gw);
+      else
+        edge_grads_pairs(rows, begin, end, receiver, c.data(), gy, gw);
+    });
+    return;
+  }
   at::parallel_for(0, gt.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
     std::vector<T> c(t.pairs.size());
     if (all_mul_32(t))
@@ -227,22 +264,14 @@ void edge_grads_kernel(const PathTable& t, const at::Tensor& xt, const at::Tenso
   });
 }
 
-void check_graph(const at::Tensor& edge_index, const at::Tensor& ptr, const at::Tensor& perm, int64_t num_edges) {
-  TORCH_CHECK(edge_index.scalar_type() == at::kLong && ptr.scalar_type() == at::kLong &&
-                  perm.scalar_type() == at::kLong,
-              "nequip_fast conv: edge_index, ptr and perm must be int64");
-  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 && edge_index.size(1) == num_edges,
-              "nequip_fast conv: edge_index must be (2, E) with E = ", num_edges, ", got ", edge_index.sizes());
-  TORCH_CHECK(perm.dim() == 2 && perm.size(0) == 2 && perm.size(1) == num_edges, "nequip_fast conv: perm must be (2, E)");
-  TORCH_CHECK(ptr.dim() == 2 && ptr.size(0) == 2 && ptr.size(1) >= 1, "nequip_fast conv: ptr must be (2, N + 1)");
-}
-
 void check_operands(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w, const PathTable& t) {
   TORCH_CHECK(x.dim() == 2 && sh.dim() == 2 && w.dim() == 2, "nequip_fast conv: x, sh, weight must be 2-d");
   TORCH_CHECK(x.scalar_type() == sh.scalar_type() && x.scalar_type() == w.scalar_type(),
               "nequip_fast conv: x, sh and weight must share a dtype, got ", x.scalar_type(), ", ",
               sh.scalar_type(), ", ", w.scalar_type());
-  TORCH_CHECK(sh.size(0) == w.size(0), "nequip_fast conv: sh and weight need one row per edge");
+  TORCH_CHECK(sh.size(0) == w.size(0) || sh.size(0) == 2 * w.size(0),
+              "nequip_fast conv: weight needs one row per edge (", sh.size(0), "), or per pair of paired edges (",
+              sh.size(0) / 2, "), got ", w.size(0));
   TORCH_CHECK(x.size(1) >= t.a_extent, "nequip_fast conv: x has ", x.size(1), " features, the paths need ", t.a_extent);
   for (const PathView& p : t.paths) {
     TORCH_CHECK(p.w_off + p.mul <= w.size(1), "nequip_fast conv: weight has too few columns");
@@ -287,7 +316,8 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at:
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), t.a_blocks);
     const at::Tensor gt = to_ir_mul<scalar_t>(g.contiguous(), t.b_blocks);
     edge_grads_kernel<scalar_t>(t, xt, gt, sh.contiguous(), weight.contiguous(), p[0].data_ptr<int64_t>(),
-                                pm[0].data_ptr<int64_t>(), ei[1].data_ptr<int64_t>(), g_sh, g_w);
+                                pm[0].data_ptr<int64_t>(), ei[0].data_ptr<int64_t>(), ei[1].data_ptr<int64_t>(),
+                                g_sh, g_w);
   });
   return {g_sh, g_w};
 }

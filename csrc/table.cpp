@@ -1,5 +1,6 @@
 #include "conv.h"
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -71,6 +72,16 @@ PathTable parse_table(const at::Tensor& table_in, bool transpose) {
     begin = end;
   }
   return t;
+}
+
+void check_graph(const at::Tensor& edge_index, const at::Tensor& ptr, const at::Tensor& perm, int64_t num_edges) {
+  TORCH_CHECK(edge_index.scalar_type() == at::kLong && ptr.scalar_type() == at::kLong &&
+                  perm.scalar_type() == at::kLong,
+              "nequip_fast conv: edge_index, ptr and perm must be int64");
+  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 && edge_index.size(1) == num_edges,
+              "nequip_fast conv: edge_index must be (2, E) with E = ", num_edges, ", got ", edge_index.sizes());
+  TORCH_CHECK(perm.dim() == 2 && perm.size(0) == 2 && perm.size(1) == num_edges, "nequip_fast conv: perm must be (2, E)");
+  TORCH_CHECK(ptr.dim() == 2 && ptr.size(0) == 2 && ptr.size(1) >= 1, "nequip_fast conv: ptr must be (2, N + 1)");
 }
 
 }  // namespace nequip_fast

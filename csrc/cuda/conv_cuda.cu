@@ -5,6 +5,8 @@
 // headers that a bare CUDA toolkit may not have.
 #include "conv_cuda.h"
 
+#include "../conv.h"
+
 #include "conv_kernels.cuh"
 #include "conv_plan.h"
 
@@ -114,14 +116,7 @@ void check_inputs(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w
               plan.a_extent);
   TORCH_CHECK(w.size(1) >= plan.w_extent, "nequip_fast conv: weight has too few columns");
   TORCH_CHECK(sh.size(1) >= plan.sh_extent, "nequip_fast conv: sh has too few columns");
-  const int64_t num_edges = sh.size(0);
-  TORCH_CHECK(edge_index.scalar_type() == at::kLong && ptr.scalar_type() == at::kLong &&
-                  perm.scalar_type() == at::kLong,
-              "nequip_fast conv: edge_index, ptr and perm must be int64");
-  TORCH_CHECK(edge_index.dim() == 2 && edge_index.size(0) == 2 && edge_index.size(1) == num_edges,
-              "nequip_fast conv: edge_index must be (2, E) with E = ", num_edges, ", got ", edge_index.sizes());
-  TORCH_CHECK(perm.dim() == 2 && perm.size(0) == 2 && perm.size(1) == num_edges, "nequip_fast conv: perm must be (2, E)");
-  TORCH_CHECK(ptr.dim() == 2 && ptr.size(0) == 2 && ptr.size(1) >= 1, "nequip_fast conv: ptr must be (2, N + 1)");
+  check_graph(edge_index, ptr, perm, sh.size(0));
   TORCH_CHECK(x.size(0) == ptr.size(1) - 1, "nequip_fast conv: x has ", x.size(0), " rows, the graph ",
               ptr.size(1) - 1, " nodes");
 }

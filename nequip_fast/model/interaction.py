@@ -30,14 +30,11 @@ class InteractionBlock(torch.nn.Module):
         self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_attrs, self.irreps_out)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
-    def forward(self, x, attrs, sh, radial, edge_index, paired: bool):
-        """``paired``: ``radial`` holds the first half of the edges; the second half reverses them."""
+    def forward(self, x, attrs, sh, radial, edge_index):
+        """``radial`` has a row per edge, or per pair of paired edges (the conv takes either)."""
         sc = self.self_connection(x, attrs)
         h = self.linear_1(x)
-        weight = self.radial_mlp(radial)
-        if paired:
-            weight = torch.cat((weight, weight))
-        h = self.conv(h, sh, weight, edge_index) * self.norm
+        h = self.conv(h, sh, self.radial_mlp(radial), edge_index) * self.norm
         return self.linear_2(h) + sc
 
 
@@ -59,5 +56,5 @@ class ConvNetLayer(torch.nn.Module):
         self.block = InteractionBlock(irreps_in, self.gate.irreps_in, irreps_sh, irreps_attrs, **block_kwargs)
         self.irreps_out = self.gate.irreps_out
 
-    def forward(self, x, attrs, sh, radial, edge_index, paired: bool):
-        return self.gate(self.block(x, attrs, sh, radial, edge_index, paired))
+    def forward(self, x, attrs, sh, radial, edge_index):
+        return self.gate(self.block(x, attrs, sh, radial, edge_index))

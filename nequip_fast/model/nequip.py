@@ -61,6 +61,6 @@ class NequIPEnergy(torch.nn.Module):
         radial = self.radial(lengths)
         x = self.embedding(attrs)
         for layer in self.layers:
-            x = layer(x, attrs, sh, radial, edge_index, paired)
+            x = layer(x, attrs, sh, radial, edge_index)
         atomic = self.readout(x).squeeze(-1)
         return atomic * self.scales[species] + self.shifts[species]

@@ -60,7 +60,11 @@ class TensorProductConv(torch.nn.Module):
         self.register_buffer("table", descriptor_table(descriptor), persistent=False)
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """``weight`` has one row per edge, or one per pair when the edges are paired (edge k + E/2
+        reverses edge k, ``data.neighbors.edges_paired``): both edges of a pair have the same length."""
         name = _auto_backend(x.device) if self.backend == "auto" else self.backend
+        if weight.shape[0] != sh.shape[0] and name != "cpu":  # only the cpu kernels index pair rows
+            weight = torch.cat((weight, weight))
         if name == "reference":
             return reference_conv(self.tp, x, sh, weight, edge_index)
         if name == "cpu" and x.device.type != "cpu":

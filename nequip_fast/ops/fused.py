@@ -6,7 +6,9 @@ and ``w``. Every derivative of either is again a sum of calls to the two, so one
 per backend covers forward, backward, double backward and beyond. The ops take only tensors:
 
 - ``table``: the descriptor as an int64 tensor (one row per CG nonzero, see ``descriptor_table``),
-- ``edge_index, ptr, perm``: a ``ConvGraph``, the graph sorted once by receiver and by sender.
+- ``edge_index, ptr, perm``: a ``ConvGraph``, the graph sorted once by receiver and by sender,
+- ``w``: one row per edge, or (cpu backend) one per pair of paired edges, edge k + E/2 reversing
+  edge k; then ``edge_grads`` returns the pair sums, the gradient of the shared row.
 
 Backends: ``cpu`` and ``cuda`` are the C++ ops ``nequip_fast::segment_conv``/``edge_grads`` of the
 extension ``nequip_fast._C`` (csrc/; the device picks the kernel, CUDA kernels register in
