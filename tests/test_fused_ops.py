@@ -152,6 +152,54 @@ def test_cpu_is_deterministic_across_runs_and_threads():
             assert torch.equal(a, b), f"{name} differs between runs"
 
 
+THREAD_PROBE = """
+import os, torch
+from nequip_fast.ops.fused import conv_graph, descriptor_table, load_backend
+from nequip_fast.ops import ConvDescriptor
+torch.set_num_threads(2)
+d = ConvDescriptor.nequip("32x0e+32x1o", "1x0e+1x1o", "0e+1o")
+g = torch.Generator().manual_seed(0)
+edge_index = torch.randint(0, 2048, (2, 65536), generator=g)
+x, sh, w = torch.randn(2048, d.irreps_in.dim), torch.randn(65536, 4), torch.randn(65536, d.weight_numel)
+graph, table, op = conv_graph(edge_index, 2048), descriptor_table(d), load_backend("cpu").segment_conv
+
+def cpu_ticks():
+    ticks = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks
+
+before = cpu_ticks()
+for _ in range(40):
+    op(x, sh, w, table, *graph, d.irreps_out.dim, False)
+after = cpu_ticks()
+print(*sorted((after[t] - before.get(t, 0) for t in after), reverse=True))
+"""
+
+
+def test_cpu_kernels_run_on_several_threads():
+    """The kernels' at::parallel_for is an inline `omp parallel`: built without -fopenmp it runs
+    serially (it once did). With 2 threads, a second thread must do a real share of the op's work
+    (CPU time per thread from /proc, not wall time)."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs /proc to read CPU time per thread (Linux)")
+    try:
+        load_backend("cpu")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    out = subprocess.run([sys.executable, "-c", THREAD_PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    ticks = [int(t) for t in out.stdout.split()]
+    assert ticks[0] > 0, f"the op ran too briefly to measure: {ticks}"
+    assert len(ticks) > 1 and ticks[1] >= 0.25 * ticks[0], f"one thread did the work (CPU ticks per thread: {ticks})"
+
+
 def test_triple_backward_matches_reference(backend):
     d = descriptor("mul16-l2-noparity" if interpreted(backend) else "mul3-l3")
     edge_index = random_graph(6, 10, seed=9)
