@@ -30,7 +30,7 @@ class Calls:
 
 def conv_layer(model: Potential) -> int:
     """The layer whose conv is timed alone: the one with the most tensor-product paths (the costliest)
-    but not the last, which upstream NequIP cuts down to scalar outputs."""
+    but not the last, whose outputs are scalars only."""
     layers = model.energy_model.layers
     sizes = [layer.block.conv.descriptor.weight_numel for layer in layers[:max(1, len(layers) - 1)]]
     return sizes.index(max(sizes))
