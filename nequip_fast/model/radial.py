@@ -62,7 +62,6 @@ class RadialMLP(torch.nn.Module):
 
     def __init__(self, sizes: Sequence[int]):
         super().__init__()
-        self.sizes = tuple(sizes)
         self.weights = torch.nn.ParameterList(
             torch.nn.Parameter(torch.randn(fan_in, fan_out)) for fan_in, fan_out in zip(sizes, sizes[1:])
         )
