@@ -16,7 +16,7 @@
 namespace nequip {
 namespace {
 
-const char *const FORMAT = "nequip_fast.deployed.v1";  // nequip_fast/deploy/package.py
+const char *const FORMAT = "nequip_fast.deployed.v2";  // nequip_fast/deploy/package.py
 const char *const REDEPLOY = "redeploy the checkpoint with `nequip-fast deploy`";
 
 std::string release(const std::string &version) { return version.substr(0, version.find('+')); }
@@ -54,7 +54,7 @@ ModelInfo read_model_info(const std::string &path) {
     throw std::runtime_error(path + " is not a deployed nequip_fast model (format '" + meta["format"] +
                              "', expected '" + FORMAT + "'); " + REDEPLOY);
   for (const char *key : {"nequip_fast_version", "torch_version", "r_max", "species", "num_layers", "dtype",
-                          "device", "conv_backend"})
+                          "device", "conv_backend", "exchange_width"})
     if (!meta.count(key)) throw std::runtime_error(path + ": metadata lacks '" + key + "'; " + REDEPLOY);
 
   ModelInfo info;
@@ -72,13 +72,14 @@ ModelInfo read_model_info(const std::string &path) {
   try {
     info.r_max = std::stod(meta["r_max"]);
     info.num_layers = std::stoi(meta["num_layers"]);
+    info.exchange_width = std::stoi(meta["exchange_width"]);
   } catch (const std::exception &) {
-    throw std::runtime_error(path + ": metadata r_max '" + meta["r_max"] + "' or num_layers '" +
-                             meta["num_layers"] + "' is not a number; " + REDEPLOY);
+    throw std::runtime_error(path + ": metadata r_max '" + meta["r_max"] + "', num_layers '" + meta["num_layers"] +
+                             "' or exchange_width '" + meta["exchange_width"] + "' is not a number; " + REDEPLOY);
   }
   std::istringstream names(meta["species"]);
   for (std::string name; names >> name;) info.species.push_back(name);
-  if (info.species.empty() || info.r_max <= 0 || info.num_layers <= 0 ||
+  if (info.species.empty() || info.r_max <= 0 || info.num_layers <= 0 || info.exchange_width <= 0 ||
       (info.dtype != "float32" && info.dtype != "float64"))
     throw std::runtime_error(path + ": metadata has invalid species, r_max, num_layers or dtype; " + REDEPLOY);
   return info;
@@ -100,11 +101,11 @@ Model::Model(ModelInfo info, int device_index)
 Model::~Model() = default;
 
 Outputs Model::run(const at::Tensor &species, const at::Tensor &edge_index, const at::Tensor &edge_vec,
-                   int64_t nlocal) {
+                   int64_t nghost) {
   c10::InferenceMode guard;
   const auto dtype = info_.dtype == "float64" ? at::kDouble : at::kFloat;
   std::vector<at::Tensor> inputs{species.to(device_), edge_index.to(device_), edge_vec.to(device_, dtype),
-                                 at::scalar_tensor(nlocal, at::TensorOptions().dtype(at::kLong).device(device_))};
+                                 at::zeros({nghost}, at::TensorOptions().dtype(at::kLong).device(device_))};
   std::vector<at::Tensor> out = loader_->run(inputs);
   auto host = [](const at::Tensor &t) { return t.to(at::kCPU, at::kDouble).contiguous(); };
   return {host(out[0]), host(out[1]), host(out[2]), host(out[3]), host(out[4])};

@@ -20,6 +20,7 @@ struct ModelInfo {
   std::string path, dtype, device, conv_backend, torch_version, nequip_fast_version;
   double r_max = 0.0;
   int num_layers = 0;
+  int exchange_width = 0;  // widest feature row the ghost exchange sends (per atom)
   std::vector<std::string> species;  // model order
 };
 
@@ -37,10 +38,11 @@ class Model {
   ~Model();
   const ModelInfo &info() const { return info_; }
   c10::Device device() const { return device_; }
-  // species (N,), edge_index (2, E) int64 and edge_vec (E, 3) float64, all on the CPU; atoms
-  // below nlocal own energy. Inputs are moved to the model's device and outputs back once.
+  // species (nlocal,), edge_index (2, E) int64 and edge_vec (E, 3) float64, all on the CPU; atoms
+  // nlocal..nlocal+nghost-1 are ghosts (their features come from the active GhostComm, exchange.h);
+  // every receiver is local. Inputs are moved to the model's device and outputs back once.
   Outputs run(const at::Tensor &species, const at::Tensor &edge_index, const at::Tensor &edge_vec,
-              int64_t nlocal);
+              int64_t nghost);
 
  private:
   ModelInfo info_;

@@ -17,6 +17,7 @@
 #include <torch/cuda.h>
 
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -27,7 +28,6 @@ PairNequIP::PairNequIP(LAMMPS *lmp) : Pair(lmp) {
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
-  ghostneigh = 1;  // ghosts within (num_layers - 1) r_max of a local atom pass messages inward
   no_virial_fdotr_compute = 1;  // the model returns the virial (and per-atom virials)
   centroidstressflag = CENTROID_NOTAVAIL;
 }
@@ -36,7 +36,6 @@ PairNequIP::~PairNequIP() {
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
-    memory->destroy(cutghost);
   }
 }
 
@@ -45,7 +44,6 @@ void PairNequIP::allocate() {
   const int n = atom->ntypes + 1;
   memory->create(setflag, n, n, "pair:setflag");
   memory->create(cutsq, n, n, "pair:cutsq");
-  memory->create(cutghost, n, n, "pair:cutghost");
   for (int i = 0; i < n; i++)
     for (int j = 0; j < n; j++) setflag[i][j] = 0;
 }
@@ -92,6 +90,8 @@ void PairNequIP::coeff(int narg, char **arg) {
   }
   for (int i = 1; i <= ntypes; i++)
     for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
+  // LAMMPS sizes its communication buffers from these (per atom): the widest exchanged feature
+  comm_forward = comm_reverse = model->info().exchange_width;
   if (comm->me == 0)
     utils::logmesg(lmp, "pair_style nequip: {} (species {}, r_max {}, {} layers, {}, {} conv, {}, nequip_fast {})\n",
                    arg[2], utils::join_words(species, " "), model->info().r_max,
@@ -104,102 +104,86 @@ void PairNequIP::init_style() {
     error->all(FLERR, "pair_style nequip requires 'units metal' (eV, Angstrom), not 'units {}'", update->unit_style);
   if (force->newton_pair == 0)
     error->all(FLERR, "pair_style nequip requires 'newton on': forces on ghost atoms are reverse-communicated");
-  // One rank owns every atom: ghosts are periodic images of local atoms and fold onto them
-  // (the model sees the periodic graph, as in Python). Several ranks: ghosts are atoms of
-  // their own, and every local atom's energy depends on atoms up to num_layers * r_max away,
-  // which must stay ghosts until the next neighbour-list build, hence the skin.
-  single_rank = comm->nprocs == 1;
-  ghostneigh = single_rank ? 0 : 1;
-  neighbor->add_request(this, single_rank ? NeighConst::REQ_FULL : NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
-  if (single_rank) return;
-  const double ghost = model->info().num_layers * model->info().r_max + neighbor->skin;
-  if (comm->cutghostuser < ghost) {
-    comm->cutghostuser = ghost;
-    if (comm->me == 0) utils::logmesg(lmp, "pair_style nequip: ghost cutoff set to {:.4g} A\n", ghost);
-  }
+  // Local atoms' neighbours only: messages from ghosts reach local atoms, and the ghosts' own
+  // features come from their owners by exchange, so the default ghost cutoff (r_max + skin) suffices.
+  neighbor->add_request(this, NeighConst::REQ_FULL);
 }
 
-double PairNequIP::init_one(int i, int j) {
-  cutghost[i][j] = cutghost[j][i] = model->info().r_max;
-  return model->info().r_max;
-}
+double PairNequIP::init_one(int, int) { return model->info().r_max; }
 
-// The atoms whose energy or messages matter, found by breadth-first search from the local
-// atoms over edges shorter than r_max: an atom h edges away from every local atom only matters
-// for h <= num_layers, and only atoms with h < num_layers send messages to their neighbours'
-// receivers that still reach a local energy. Locals come first, so model index < nlocal = owner.
-// On a single rank, a ghost is replaced by the local atom it images, found by its tag.
+// The model's atoms: the local atoms (rows 0..nlocal-1, as in LAMMPS), then one row per ghost
+// that sends to a local atom within r_max, unless it images a local atom of this rank (found by
+// tag; without tags nothing folds), whose row it then shares. Folding keeps one rank exchange-free.
 void PairNequIP::build_graph() {
   const int nlocal = atom->nlocal, nall = atom->nlocal + atom->nghost;
-  const int layers = model->info().num_layers;
   const double cutsq_model = model->info().r_max * model->info().r_max;
   double **x = atom->x;
-  compact.assign(nall, -1);
-  hops.resize(nall);
-  atoms.clear();
+  row_of.assign(nall, -1);
+  for (int i = 0; i < nlocal; i++) row_of[i] = i;
+  if (atom->tag_enable) {
+    local_of_tag.clear();
+    for (int i = 0; i < nlocal; i++) local_of_tag[atom->tag[i]] = i;
+    for (int j = nlocal; j < nall; j++) {
+      auto it = local_of_tag.find(atom->tag[j]);
+      if (it != local_of_tag.end()) row_of[j] = it->second;
+    }
+  }
+  ghost_atoms.clear();
   receivers.clear();
   senders.clear();
   vectors.clear();
-  for (int i = 0; i < nlocal; i++) {
-    compact[i] = i;
-    hops[i] = 0;
-    atoms.push_back(i);
-  }
-  if (single_rank) {
-    local_of_tag.clear();
-    for (int i = 0; i < nlocal; i++) local_of_tag[atom->tag[i]] = i;
-    for (int j = nlocal; j < nall; j++) compact[j] = local_of_tag.at(atom->tag[j]);
-  }
-  for (size_t k = 0; k < atoms.size(); k++) {
-    const int i = atoms[k];
-    if (hops[i] == layers) continue;
+  for (int ii = 0; ii < list->inum; ii++) {
+    const int i = list->ilist[ii];
     const int *neighbors = list->firstneigh[i];
     for (int n = 0; n < list->numneigh[i]; n++) {
       const int j = neighbors[n] & NEIGHMASK;
       const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
       if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cutsq_model) continue;
-      if (compact[j] < 0) {
-        compact[j] = static_cast<int>(atoms.size());
-        hops[j] = hops[i] + 1;
-        atoms.push_back(j);
+      if (row_of[j] < 0) {
+        row_of[j] = nlocal + static_cast<int>(ghost_atoms.size());
+        ghost_atoms.push_back(j);
       }
-      receivers.push_back(static_cast<int64_t>(k));
-      senders.push_back(compact[j]);
+      receivers.push_back(i);
+      senders.push_back(row_of[j]);
       vectors.insert(vectors.end(), d, d + 3);
     }
   }
   if (!graph_logged && comm->me == 0) {
     graph_logged = true;
-    utils::logmesg(lmp, "pair_style nequip: rank 0 model graph: {} atoms ({} local), {} edges\n", atoms.size(), nlocal,
-                   receivers.size());
+    utils::logmesg(lmp, "pair_style nequip: rank 0 model graph: {} atoms ({} local), {} edges\n",
+                   nlocal + ghost_atoms.size(), nlocal, receivers.size());
   }
 }
 
 void PairNequIP::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
   const int nlocal = atom->nlocal;
-  if (nlocal == 0) return;
+  // Every rank runs the model, even without atoms: its exchanges pair with its neighbours'.
+  if (nlocal == 0 && comm->nprocs == 1) return;
   build_graph();
 
-  const int64_t natoms = static_cast<int64_t>(atoms.size()), nedges = static_cast<int64_t>(receivers.size());
-  at::Tensor species = at::empty({natoms}, at::kLong);
+  const int64_t nghost = static_cast<int64_t>(ghost_atoms.size());
+  const int64_t natoms = nlocal + nghost, nedges = static_cast<int64_t>(receivers.size());
+  at::Tensor species = at::empty({nlocal}, at::kLong);  // of the local atoms: ghosts' features come by exchange
   auto *s = species.data_ptr<int64_t>();
-  for (int64_t k = 0; k < natoms; k++) s[k] = species_of_type[atom->type[atoms[k]]];
+  for (int i = 0; i < nlocal; i++) s[i] = species_of_type[atom->type[i]];
   at::Tensor edge_index = at::stack({at::from_blob(receivers.data(), {nedges}, at::kLong),
                                      at::from_blob(senders.data(), {nedges}, at::kLong)});
   at::Tensor edge_vec = at::from_blob(vectors.data(), {nedges, 3}, at::kDouble);
 
   nequip::Outputs out;
   try {
-    out = model->run(species, edge_index, edge_vec, nlocal);
+    nequip::GhostCommScope scope(&exchange);
+    out = model->run(species, edge_index, edge_vec, nghost);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style nequip: the model failed: {}", e.what());
   }
+  auto atom_of = [&](int64_t k) { return k < nlocal ? static_cast<int>(k) : static_cast<int>(ghost_atoms[k - nlocal]); };
 
   const double *forces = out.forces.data_ptr<double>();
   double **f = atom->f;
   for (int64_t k = 0; k < natoms; k++)
-    for (int d = 0; d < 3; d++) f[atoms[k]][d] += forces[3 * k + d];
+    for (int d = 0; d < 3; d++) f[atom_of(k)][d] += forces[3 * k + d];
 
   if (eflag_global) eng_vdwl += out.energy.item<double>();
   if (eflag_atom) {
@@ -215,6 +199,62 @@ void PairNequIP::compute(int eflag, int vflag) {
   if (vflag_atom) {
     const double *w = out.atomic_virial.data_ptr<double>();
     for (int64_t k = 0; k < natoms; k++)
-      for (int v = 0; v < 6; v++) vatom[atoms[k]][v] += w[9 * k + 3 * row[v] + col[v]];
+      for (int v = 0; v < 6; v++) vatom[atom_of(k)][v] += w[9 * k + 3 * row[v] + col[v]];
+  }
+}
+
+// --- ghost exchange (GhostComm): LAMMPS's forward and reverse communication of feature rows ---
+
+at::Tensor PairNequIP::Exchange::forward(const at::Tensor &local) {
+  const int nlocal = pair.atom->nlocal, nall = pair.atom->nlocal + pair.atom->nghost;
+  const int width = static_cast<int>(local.size(1));
+  if (width > pair.comm_forward)
+    throw std::runtime_error("ghost exchange of " + std::to_string(width) + " features exceeds the model's "
+                             "declared exchange width " + std::to_string(pair.comm_forward));
+  at::Tensor rows = at::empty({nall, width}, at::kDouble);
+  rows.narrow(0, 0, nlocal).copy_(local);
+  pair.comm_rows = rows.data_ptr<double>();
+  pair.comm_width = width;
+  if (pair.comm->nprocs > 1 || !pair.ghost_atoms.empty()) pair.comm->forward_comm(&pair, width);  // every rank calls it
+  pair.comm_rows = nullptr;
+  at::Tensor ghosts = at::from_blob(pair.ghost_atoms.data(), {static_cast<int64_t>(pair.ghost_atoms.size())}, at::kLong);
+  return at::cat({local, rows.index_select(0, ghosts).to(local.options())});
+}
+
+at::Tensor PairNequIP::Exchange::reverse(const at::Tensor &all) {
+  const int nlocal = pair.atom->nlocal, nall = pair.atom->nlocal + pair.atom->nghost;
+  const int width = static_cast<int>(all.size(1));
+  at::Tensor rows = at::zeros({nall, width}, at::kDouble);
+  at::Tensor host = all.to(at::kCPU, at::kDouble);
+  rows.narrow(0, 0, nlocal).copy_(host.narrow(0, 0, nlocal));
+  at::Tensor ghosts = at::from_blob(pair.ghost_atoms.data(), {static_cast<int64_t>(pair.ghost_atoms.size())}, at::kLong);
+  rows.index_copy_(0, ghosts, host.narrow(0, nlocal, host.size(0) - nlocal));
+  pair.comm_rows = rows.data_ptr<double>();
+  pair.comm_width = width;
+  if (pair.comm->nprocs > 1 || !pair.ghost_atoms.empty()) pair.comm->reverse_comm(&pair, width);
+  pair.comm_rows = nullptr;
+  return rows.narrow(0, 0, nlocal).to(all.options());
+}
+
+int PairNequIP::pack_forward_comm(int n, int *list, double *buf, int, int *) {
+  const size_t w = comm_width;
+  for (int i = 0; i < n; i++) std::memcpy(buf + i * w, comm_rows + list[i] * w, w * sizeof(double));
+  return n * comm_width;
+}
+
+void PairNequIP::unpack_forward_comm(int n, int first, double *buf) {
+  std::memcpy(comm_rows + first * comm_width, buf, static_cast<size_t>(n) * comm_width * sizeof(double));
+}
+
+int PairNequIP::pack_reverse_comm(int n, int first, double *buf) {
+  std::memcpy(buf, comm_rows + first * comm_width, static_cast<size_t>(n) * comm_width * sizeof(double));
+  return n * comm_width;
+}
+
+void PairNequIP::unpack_reverse_comm(int n, int *list, double *buf) {
+  const size_t w = comm_width;
+  for (int i = 0; i < n; i++) {
+    double *row = comm_rows + list[i] * w;
+    for (size_t c = 0; c < w; c++) row[c] += buf[i * w + c];
   }
 }

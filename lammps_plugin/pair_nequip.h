@@ -4,14 +4,20 @@
 //   pair_style   nequip
 //   pair_coeff   * * model.pt2 Cu O      (model species for LAMMPS types 1, 2, ...)
 //
-// One rank: ghosts fold onto the local atoms they image, so the model sees the periodic graph.
-// Several ranks: the ghost cutoff is num_layers * r_max + skin, so each local atom sees its whole
-// receptive field; only local atoms own energy, and forces on ghosts are reverse-communicated
-// (newton on). Needs units metal and a full neighbour list that includes ghosts.
+// Ghosts that image one of the rank's own atoms fold onto it (on one rank: all of them), so the
+// model sees the periodic graph. The other ghosts within r_max of a local atom enter the model as
+// ghost rows whose features are exchanged after every layer: forward communication of features
+// and reverse communication of their gradients (GhostComm), so the ghost cutoff is r_max + skin
+// whatever the number of layers. Only local atoms own energy; forces and per-atom virials on
+// ghosts are reverse-communicated (newton on). Needs units metal and a full neighbour list.
 #ifndef LMP_PAIR_NEQUIP_H
 #define LMP_PAIR_NEQUIP_H
 
 #include "pair.h"
+
+#include "exchange.h"
+
+#include <ATen/Tensor.h>
 
 #include <memory>
 #include <unordered_map>
@@ -32,16 +38,33 @@ class PairNequIP : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
 
  private:
   std::unique_ptr<nequip::Model> model;
   std::vector<int> species_of_type;  // LAMMPS type -> model species index
-  // per step, kept to avoid reallocation: atoms that enter the model (locals first) and edges
-  std::vector<int> atoms, compact, hops;
-  std::vector<int64_t> receivers, senders;
+  // per step, kept to avoid reallocation: model row of each LAMMPS atom (-1: not in the model),
+  // the LAMMPS atom of each ghost row (rows nlocal, nlocal + 1, ...), and the edges
+  std::vector<int> row_of;
+  std::vector<int64_t> ghost_atoms, receivers, senders;
   std::vector<double> vectors;
   std::unordered_map<tagint, int> local_of_tag;
-  bool single_rank = true, graph_logged = false;
+  bool graph_logged = false;
+  // the ghost exchange, run with LAMMPS's communication of (nlocal + nghost, width) rows in LAMMPS atom order
+  class Exchange : public nequip::GhostComm {
+   public:
+    explicit Exchange(PairNequIP &pair) : pair(pair) {}
+    at::Tensor forward(const at::Tensor &local) override;
+    at::Tensor reverse(const at::Tensor &all) override;
+
+   private:
+    PairNequIP &pair;
+  } exchange{*this};
+  double *comm_rows = nullptr;  // the rows in flight
+  int comm_width = 0;
 
   void allocate();
   int node_local_rank();

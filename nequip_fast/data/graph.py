@@ -25,6 +25,9 @@ def species_indices(symbols: Sequence[str], species: Sequence[str]) -> np.ndarra
     return np.array([index[s] for s in symbols], dtype=np.int64)
 
 
+GEOMETRY = ("pos", "cell", "edge_shift")
+
+
 @dataclass
 class AtomicGraph:
     """Atoms and their neighbour graph; several structures are stacked along the atom axis.
@@ -32,6 +35,8 @@ class AtomicGraph:
     edge_index: (2, E), row 0 the centre atom i (receiver), row 1 the neighbour j (sender); the
       edge vector is ``pos[j] - pos[i] + edge_shift @ cell[batch[i]]``.
     Reference targets (energy, forces, stress) are optional and used by training/evaluation.
+    Geometry (pos, cell, edge_shift) is always float64: the model subtracts positions in float64 and
+    casts the edge vectors to its dtype, so a float32 model keeps its precision far from the origin.
     """
 
     pos: torch.Tensor  # (N, 3)
@@ -39,7 +44,7 @@ class AtomicGraph:
     cell: torch.Tensor  # (B, 3, 3), rows are lattice vectors
     pbc: torch.Tensor  # (B, 3) bool
     edge_index: torch.Tensor  # (2, E)
-    edge_shift: torch.Tensor  # (E, 3) integer cell shifts, in pos dtype
+    edge_shift: torch.Tensor  # (E, 3) integer cell shifts, float64
     batch: torch.Tensor  # (N,) structure index of each atom
     energy: Optional[torch.Tensor] = None  # (B,)
     forces: Optional[torch.Tensor] = None  # (N, 3)
@@ -59,12 +64,12 @@ class AtomicGraph:
         types = species_indices(atoms.get_chemical_symbols(), species)
         edge_index, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, r_max)
         graph = AtomicGraph(
-            pos=torch.tensor(atoms.positions, dtype=dtype),
+            pos=torch.tensor(atoms.positions, dtype=torch.float64),
             species=torch.from_numpy(types),
-            cell=torch.tensor(atoms.cell.array, dtype=dtype).unsqueeze(0),
+            cell=torch.tensor(atoms.cell.array, dtype=torch.float64).unsqueeze(0),
             pbc=torch.tensor(atoms.pbc, dtype=torch.bool).unsqueeze(0),
             edge_index=torch.from_numpy(edge_index),
-            edge_shift=torch.tensor(shifts, dtype=dtype),
+            edge_shift=torch.tensor(shifts, dtype=torch.float64),
             batch=torch.zeros(len(atoms), dtype=torch.long),
         )
         if targets:
@@ -72,14 +77,15 @@ class AtomicGraph:
         return graph
 
     def to(self, device=None, dtype=None) -> "AtomicGraph":
-        def move(t):
+        """Moved to ``device``; ``dtype`` applies to the targets (geometry stays float64)."""
+        def move(name, t):
             if t is None:
                 return None
-            if dtype is not None and t.is_floating_point():
+            if dtype is not None and t.is_floating_point() and name not in GEOMETRY:
                 return t.to(device=device, dtype=dtype)
             return t.to(device=device)
 
-        return AtomicGraph(**{f.name: move(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        return AtomicGraph(**{f.name: move(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 def _targets(atoms: Atoms, dtype):

@@ -7,6 +7,7 @@ import torch
 
 from ..data.graph import AtomicGraph
 from ..model import Prediction
+from ..model.geometry import edge_vectors
 from .package import NATIVE_BACKENDS, DeployError, read_metadata
 
 
@@ -37,15 +38,10 @@ class DeployedPotential(torch.nn.Module):
     def forward(self, graph: AtomicGraph, forces: bool = True, stress: bool = False) -> Prediction:
         if graph.num_graphs != 1:
             raise ValueError(f"a deployed model takes one structure at a time, got {graph.num_graphs}")
-        receiver, sender = graph.edge_index[0], graph.edge_index[1]
-        # edge vectors in float64, then the model's dtype: positions far from the origin keep their precision
-        pos = graph.pos.double()
-        shift = graph.edge_shift.double() @ graph.cell[0].double()
-        edge_vec = (pos[sender] - pos[receiver] + shift).to(device=self.device, dtype=self.dtype)
-        num_atoms = graph.pos.shape[0]
+        edge_vec = edge_vectors(graph.pos, graph.cell, graph.batch, graph.edge_index, graph.edge_shift, self.dtype)
         energy, atomic, f, virial, _ = self.program(
-            graph.species.to(self.device), graph.edge_index.to(self.device), edge_vec,
-            torch.tensor(num_atoms, device=self.device))
+            graph.species.to(self.device), graph.edge_index.to(self.device), edge_vec.to(self.device),
+            torch.zeros(0, dtype=torch.long, device=self.device))  # a whole structure: no ghosts
         virial = virial.unsqueeze(0)
         stress_tensor = None
         if stress:

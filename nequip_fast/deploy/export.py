@@ -1,11 +1,15 @@
 """The exported program: edges in, energy, forces and virial out, all derivatives taken inside.
 
 Inputs are chosen for LAMMPS (positions of local and ghost atoms are already images, so callers
-pass edge vectors computed in float64): ``species (N,)``, ``edge_index (2, E)`` (row 0 the centre
-atom i, row 1 the neighbour j), ``edge_vec (E, 3) = x_j - x_i`` and ``nlocal`` (0-d int64): only
-atoms ``< nlocal`` own energy. Outputs: energy of local atoms, per-atom energies (0 for the
-others), forces on all atoms (ghosts included, for reverse communication), the virial
-``-sum_e r_e (x) dE/dr_e`` (3, 3) and per-atom virials (each edge's term split between its two atoms).
+pass edge vectors computed in float64): ``species (L,)`` of the L local atoms, ``edge_index (2, E)``
+(row 0 the centre atom i, always local, row 1 the neighbour j), ``edge_vec (E, 3) = x_j - x_i`` and
+``ghosts (G,)``: atoms L..L+G-1 are ghosts, copies of atoms owned by another subdomain (MPI rank)
+or periodic images, filled between layers by the ghost exchange (``ops.exchange``; LAMMPS's plugin
+runs it with its forward/reverse communication and ignores the values of ``ghosts``). Local atoms
+alone own energy. With G = 0 (one rank, or Python) the structure is whole.
+Outputs: energy of the local atoms, their per-atom energies (L,), forces on all L + G atoms (ghosts
+included, for reverse communication), the virial ``-sum_e r_e (x) dE/dr_e`` (3, 3) and per-atom
+virials (L + G, 3, 3) (each edge's term split between its two atoms).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from ..model import Potential
+from ..model.geometry import atomic_virials, edge_forces, edge_virials
 
 
 class EdgePotential(torch.nn.Module):
@@ -20,43 +25,37 @@ class EdgePotential(torch.nn.Module):
         super().__init__()
         self.energy_model = model.energy_model
 
-    def forward(self, species, edge_index, edge_vec, nlocal):
-        num_atoms = species.shape[0]
+    def forward(self, species, edge_index, edge_vec, ghosts):
+        num_atoms = species.shape[0] + ghosts.shape[0]
         with torch.enable_grad():
             vec = edge_vec.detach().requires_grad_(True)
-            atomic = self.energy_model(species, edge_index, vec)
-            local = torch.arange(num_atoms, device=species.device) < nlocal
-            atomic = torch.where(local, atomic, torch.zeros_like(atomic))
+            atomic = self.energy_model(species, edge_index, vec, ghosts=ghosts)
             energy = atomic.sum()
             (grad,) = torch.autograd.grad(energy, vec)
-        receiver, sender = edge_index[0], edge_index[1]
-        forces = torch.zeros(num_atoms, 3, dtype=vec.dtype, device=vec.device)
-        forces = forces.index_add(0, receiver, grad).index_add(0, sender, -grad)
-        edge_virial = -vec.detach().unsqueeze(2) * grad.unsqueeze(1)
-        half = 0.5 * edge_virial
-        atomic_virial = torch.zeros(num_atoms, 3, 3, dtype=vec.dtype, device=vec.device)
-        atomic_virial = atomic_virial.index_add(0, receiver, half).index_add(0, sender, half)
-        return energy.detach(), atomic.detach(), forces, edge_virial.sum(0), atomic_virial
+        edge_virial = edge_virials(grad, vec.detach())
+        return (energy.detach(), atomic.detach(), edge_forces(grad, edge_index, num_atoms), edge_virial.sum(0),
+                atomic_virials(edge_virial, edge_index, num_atoms))
 
 
-def example_inputs(num_atoms: int, dtype: torch.dtype, device: torch.device, r_max: float):
-    """A small random graph whose sizes (> 1) keep tracing from specialising on them."""
+def example_inputs(num_atoms: int, num_ghosts: int, dtype: torch.dtype, device: torch.device, r_max: float):
+    """A small random subdomain whose sizes (> 1) keep tracing from specialising on them: edges from
+    every atom into every other local atom; ghost g copies local atom g."""
     g = torch.Generator().manual_seed(0)
-    num_edges = num_atoms * (num_atoms - 1)
-    ij = torch.cartesian_prod(torch.arange(num_atoms), torch.arange(num_atoms))
+    nlocal = num_atoms - num_ghosts
+    ij = torch.cartesian_prod(torch.arange(nlocal), torch.arange(num_atoms))
     ij = ij[ij[:, 0] != ij[:, 1]].T.contiguous()
-    vec = torch.randn(num_edges, 3, generator=g, dtype=torch.float64)
+    vec = torch.randn(ij.shape[1], 3, generator=g, dtype=torch.float64)
     vec = vec / vec.norm(dim=1, keepdim=True) * (0.5 * r_max)
-    species = torch.zeros(num_atoms, dtype=torch.long)
+    species = torch.zeros(nlocal, dtype=torch.long)
     return (species.to(device), ij.to(device), vec.to(device=device, dtype=dtype),
-            torch.tensor(num_atoms - 1, device=device))
+            torch.arange(num_ghosts, device=device))
 
 
 def export_program(model: Potential, device: torch.device) -> torch.export.ExportedProgram:
     """make_fx first (it traces the autograd.grad call into plain ops), then export with dynamic sizes."""
     module = EdgePotential(model).to(device).eval()
-    inputs = example_inputs(5, model.dtype, device, model.r_max)
+    inputs = example_inputs(7, 2, model.dtype, device, model.r_max)
     traced = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
-    atoms, edges = torch.export.Dim("atoms", min=1), torch.export.Dim("edges", min=1)
-    shapes = ({0: atoms}, {1: edges}, {0: edges}, None)
+    atoms, edges, ghosts = (torch.export.Dim(name, min=0) for name in ("atoms", "edges", "ghosts"))
+    shapes = ({0: atoms}, {1: edges}, {0: edges}, {0: ghosts})
     return torch.export.export(traced, inputs, dynamic_shapes=shapes, strict=False)

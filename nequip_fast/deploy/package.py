@@ -18,10 +18,10 @@ import nequip_fast
 from ..model import Potential, build_model
 from .export import export_program
 
-FORMAT = "nequip_fast.deployed.v1"
+FORMAT = "nequip_fast.deployed.v2"  # v2: ghost-exchange input (multi-rank LAMMPS)
 # Everything the LAMMPS plugin and the Python loader read; a missing one is an error naming it.
 REQUIRED = ("format", "nequip_fast_version", "torch_version", "r_max", "species", "num_layers", "dtype", "device",
-            "conv_backend")
+            "conv_backend", "exchange_width")
 # Backends whose ops live in nequip_fast._C: a process running the file must load that library first.
 NATIVE_BACKENDS = ("cpu", "cuda")
 
@@ -47,6 +47,7 @@ def metadata_of(model: Potential, device: torch.device) -> dict[str, str]:
         "dtype": cfg.dtype,
         "device": device.type,
         "conv_backend": cfg.conv_backend,
+        "exchange_width": str(model.energy_model.exchange_width),
         "model_config": json.dumps(cfg.to_dict()),
     }
 

@@ -6,6 +6,7 @@ from e3nn import o3
 from e3nn.nn import Gate
 
 from ..ops import ConvDescriptor, TensorProductConv
+from ..ops.exchange import ghost_exchange
 from .radial import RadialMLP
 
 _SCALAR_ACTS = {1: torch.nn.functional.silu, -1: torch.tanh}
@@ -30,12 +31,18 @@ class InteractionBlock(torch.nn.Module):
         self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_attrs, self.irreps_out)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
 
-    def forward(self, x, attrs, sh, radial, edge_index):
-        """``radial`` has a row per edge, or per pair of paired edges (the conv takes either)."""
+    def forward(self, x, attrs, sh, radial, edge_index, graph, ghosts=None):
+        """``x``, ``attrs``: local atoms. ``radial`` has a row per edge, or per pair of paired edges
+        (the conv takes either). ``graph``: the conv's prepared graph (``TensorProductConv.prepare``).
+        ``ghosts``: fill ghost atoms' inputs from their owners before the convolution (``ops.exchange``)."""
         sc = self.self_connection(x, attrs)
         h = self.linear_1(x)
-        h = self.conv(h, sh, self.radial_mlp(radial), edge_index) * self.norm
-        return self.linear_2(h) + sc
+        if ghosts is not None:
+            h = ghost_exchange(h, ghosts)
+        h = self.conv(h, sh, self.radial_mlp(radial), edge_index, graph)
+        if ghosts is not None:
+            h = h[: x.shape[0]]  # rows of ghost receivers are empty
+        return self.linear_2(h * self.norm) + sc
 
 
 class ConvNetLayer(torch.nn.Module):
@@ -56,5 +63,5 @@ class ConvNetLayer(torch.nn.Module):
         self.block = InteractionBlock(irreps_in, self.gate.irreps_in, irreps_sh, irreps_attrs, **block_kwargs)
         self.irreps_out = self.gate.irreps_out
 
-    def forward(self, x, attrs, sh, radial, edge_index):
-        return self.gate(self.block(x, attrs, sh, radial, edge_index))
+    def forward(self, x, attrs, sh, radial, edge_index, graph, ghosts=None):
+        return self.gate(self.block(x, attrs, sh, radial, edge_index, graph, ghosts))

@@ -3,6 +3,8 @@
 It knows nothing about cells, batches or forces: ``potential.Potential`` builds the edge
 vectors (so autograd reaches positions and strain) and sums energies per structure.
 """
+from typing import Optional
+
 import torch
 from e3nn import o3
 
@@ -48,19 +50,32 @@ class NequIPEnergy(torch.nn.Module):
         self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.get_default_dtype()))
         self.register_buffer("scales", torch.tensor(scales, dtype=torch.get_default_dtype()))
 
+    @property
+    def exchange_width(self) -> int:
+        """Features per atom of the widest ghost exchange (each layer exchanges its convolution input)."""
+        return max(layer.block.irreps_in.dim for layer in self.layers)
+
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
-                paired: bool = False) -> torch.Tensor:
-        """Per-atom energies ``(num_atoms,)``; ``edge_vec[e]`` points from receiver ``edge_index[0, e]`` to sender.
+                paired: bool = False, ghosts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-atom energies ``(len(species),)``; ``edge_vec[e]`` points from receiver ``edge_index[0, e]``
+        to sender ``edge_index[1, e]``.
 
         ``paired``: edge ``k + E/2`` is edge ``k`` reversed (``data.neighbors.edges_paired``), so the
         radial networks run on the first half only; the caller guarantees it.
+        ``ghosts``: for one subdomain of a decomposed structure, atoms ``len(species) + g`` are ghost
+        copies of atoms owned elsewhere (``ops.exchange``) and every receiver is local (``species``
+        covers the local atoms). Each layer computes local atoms only; the exchange then fills the
+        ghosts' features from their owners. Without ``ghosts`` every atom is local.
         """
+        nlocal = species.shape[0]
+        num_atoms = nlocal if ghosts is None else nlocal + ghosts.shape[0]
         attrs = torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype)
         sh = self.spherical_harmonics(edge_vec)
         lengths = torch.linalg.vector_norm(edge_vec[: edge_vec.shape[0] // 2] if paired else edge_vec, dim=-1)
         radial = self.radial(lengths)
+        graph = self.layers[0].block.conv.prepare(edge_index, num_atoms)  # once per forward, for every layer
         x = self.embedding(attrs)
         for layer in self.layers:
-            x = layer(x, attrs, sh, radial, edge_index)
+            x = layer(x, attrs, sh, radial, edge_index, graph, ghosts)
         atomic = self.readout(x).squeeze(-1)
         return atomic * self.scales[species] + self.shifts[species]

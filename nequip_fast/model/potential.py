@@ -1,7 +1,7 @@
 """Energy, forces and stress of structures: the NequIP network wrapped in autograd.
 
-Forces are ``-dE/dpos`` and the virial is ``-dE/d(strain)`` for a symmetric strain applied to
-positions and cell together, so both are exact derivatives of the same energy.
+Forces and the virial (``-dE/dstrain``) come from the energy's gradient with respect to the edge
+vectors (``geometry``), so both are exact derivatives of the same energy, as in the deployed model.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from ..data.graph import AtomicGraph
 from ..data.neighbors import edges_paired
 from .config import ModelConfig
+from .geometry import edge_forces, edge_vectors, edge_virials
 from .nequip import NequIPEnergy
 
 
@@ -39,33 +40,22 @@ class Potential(torch.nn.Module):
                 create_graph: bool = False) -> Prediction:
         """``create_graph=True`` keeps the force graph for a force loss or a Hessian."""
         with torch.enable_grad():
-            pos_in = graph.pos
-            if forces and not pos_in.requires_grad:
-                pos_in = pos_in.detach().requires_grad_(True)
-            pos, cell = pos_in, graph.cell
-            strain = None
-            if stress:
-                strain = torch.zeros_like(cell, requires_grad=True)
-                symmetric = 0.5 * (strain + strain.transpose(1, 2))
-                pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[graph.batch])
-                cell = cell + torch.bmm(cell, symmetric)
-            receiver, sender = graph.edge_index[0], graph.edge_index[1]
-            shift = torch.einsum("ei,eij->ej", graph.edge_shift, cell[graph.batch[receiver]])
-            edge_vec = pos[sender] - pos[receiver] + shift
+            vec = edge_vectors(graph.pos, graph.cell, graph.batch, graph.edge_index, graph.edge_shift, self.dtype)
+            if not vec.requires_grad:
+                vec.requires_grad_(True)
             paired = edges_paired(graph.edge_index, graph.edge_shift)
-            atomic = self.energy_model(graph.species, graph.edge_index, edge_vec, paired)
+            atomic = self.energy_model(graph.species, graph.edge_index, vec, paired)
             energy = torch.zeros(graph.num_graphs, dtype=atomic.dtype, device=atomic.device)
             energy = energy.index_add(0, graph.batch, atomic)
-
-            wrt = ([pos_in] if forces else []) + ([strain] if stress else [])
-            if not wrt:
+            if not (forces or stress):
                 return Prediction(energy, atomic, None, None, None)
-            grads = torch.autograd.grad(energy.sum(), wrt, create_graph=create_graph)
-        f = -grads[0] if forces else None
+            (grad,) = torch.autograd.grad(energy.sum(), vec, create_graph=create_graph, materialize_grads=True)
+        f = edge_forces(grad, graph.edge_index, graph.pos.shape[0]) if forces else None
         virial = stress_tensor = None
         if stress:
-            virial = -grads[-1]
-            volume = torch.linalg.det(graph.cell).abs()
+            edge_batch = graph.batch[graph.edge_index[0]]
+            virial = vec.new_zeros(graph.num_graphs, 3, 3).index_add(0, edge_batch, edge_virials(grad, vec))
+            volume = torch.linalg.det(graph.cell).abs().to(virial.dtype)
             periodic = graph.pbc.all(dim=1) & (volume > 0)
             stress_tensor = torch.where(
                 periodic[:, None, None], -virial / volume.clamp_min(1e-30)[:, None, None], torch.nan

@@ -6,11 +6,12 @@
 """
 import os
 import warnings
+from typing import Optional
 
 import torch
 
 from .descriptor import ConvDescriptor
-from .fused import descriptor_table, fused_conv, load_backend
+from .fused import ConvGraph, descriptor_table, fused_conv, load_backend
 from .reference import reference_conv
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
@@ -59,10 +60,21 @@ class TensorProductConv(torch.nn.Module):
         # Not persistent: derived from the descriptor, so checkpoints stay backend-independent.
         self.register_buffer("table", descriptor_table(descriptor), persistent=False)
 
-    def forward(self, x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    def _backend_for(self, device: torch.device) -> str:
+        return _auto_backend(device) if self.backend == "auto" else self.backend
+
+    def prepare(self, edge_index: torch.Tensor, num_nodes: int) -> Optional[ConvGraph]:
+        """The graph operand of the fused kernels (both CSR orders), built once per forward and shared
+        by every layer; None for the reference backend, which needs only ``edge_index``."""
+        name = self._backend_for(edge_index.device)
+        return None if name == "reference" else load_backend(name).graph(edge_index, num_nodes)
+
+    def forward(self, x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor,
+                graph: Optional[ConvGraph] = None) -> torch.Tensor:
         """``weight`` has one row per edge, or one per pair when the edges are paired (edge k + E/2
-        reverses edge k, ``data.neighbors.edges_paired``): both edges of a pair have the same length."""
-        name = _auto_backend(x.device) if self.backend == "auto" else self.backend
+        reverses edge k, ``data.neighbors.edges_paired``): both edges of a pair have the same length.
+        ``graph``: from ``prepare`` (built here when not given)."""
+        name = self._backend_for(x.device)
         if weight.shape[0] != sh.shape[0] and name != "cpu":  # only the cpu kernels index pair rows
             weight = torch.cat((weight, weight))
         if name == "reference":
@@ -70,5 +82,6 @@ class TensorProductConv(torch.nn.Module):
         if name == "cpu" and x.device.type != "cpu":
             raise RuntimeError(f"conv backend 'cpu' got {x.device.type} tensors; use 'auto', 'cuda' or 'triton'")
         backend = load_backend(name)
-        graph = backend.graph(edge_index, x.shape[0])
+        if graph is None:
+            graph = backend.graph(edge_index, x.shape[0])
         return fused_conv(backend, x, sh, weight, self.table, graph, self.out_features)
