@@ -41,18 +41,26 @@ def deployed(request, tmp_path_factory):
 
 
 def write_data(atoms, path: Path, types: list[str]) -> None:
-    """LAMMPS data file (orthogonal boxes only, so LAMMPS's frame is ASE's)."""
-    assert np.allclose(atoms.cell.array, np.diag(atoms.cell.lengths())), "orthogonal cells only"
+    """LAMMPS data file; the cell must be lower triangular (a along x, b in the xy plane), so that
+    LAMMPS's frame is ASE's."""
+    assert np.allclose(np.triu(atoms.cell.array, 1), 0), "cells in LAMMPS's orientation only"
     ase.io.write(path, atoms, format="lammps-data", specorder=types, masses=True, atom_style="atomic")
 
 
-def single_point_script(plugin: Path, model: Path, types: list[str], periodic: bool, extra: str = "") -> str:
+def single_point_script(plugin: Path, model: Path, types: list[str], periodic: bool, extra: str = "",
+                        before_read: str = "", dump: bool = True) -> str:
+    """``extra`` goes before read_data too when it is a ``processors`` command (LAMMPS requires it)."""
     stress = " ".join(f"$(c_pv[{k}]:%.17g)" for k in range(1, 7))
+    if extra.startswith("processors"):
+        before_read, extra = f"{before_read}\n{extra}", ""
+    dump_command = """write_dump all custom atoms.dump id fx fy fz c_pe c_st[1] c_st[2] c_st[3] c_st[4] c_st[5] c_st[6] &
+    modify sort id format float %.17g""" if dump else ""
     return f"""
 units metal
 atom_style atomic
 boundary {'p p p' if periodic else 'f f f'}
 newton on
+{before_read}
 read_data data.lmp
 plugin load {plugin}
 pair_style nequip
@@ -64,24 +72,29 @@ compute pv all pressure NULL virial
 thermo_style custom step pe
 run 0
 print "RESULT $(pe:%.17g) $(vol:%.17g) {stress}"
-write_dump all custom atoms.dump id fx fy fz c_pe c_st[1] c_st[2] c_st[3] c_st[4] c_st[5] c_st[6] &
-    modify sort id format float %.17g
+{dump_command}
 """
 
 
-def lammps_single_point(plugin, model, atoms, workdir: Path, types, ranks=1, extra=""):
+def lammps_single_point(plugin, model, atoms, workdir: Path, types, ranks=1, extra="", periodic=None):
     """energy, per-atom energies, forces, virial (3, 3) and per-atom virials (N, 3, 3) from LAMMPS."""
     workdir.mkdir(parents=True, exist_ok=True)
     write_data(atoms, workdir / "data.lmp", types)
-    log = run_lammps(single_point_script(plugin, model, types, bool(atoms.pbc.all()), extra), workdir, ranks=ranks)
+    periodic = bool(atoms.pbc.all()) if periodic is None else periodic
+    log = run_lammps(single_point_script(plugin, model, types, periodic, extra), workdir, ranks=ranks)
+    rows = np.loadtxt(workdir / "atoms.dump", skiprows=9, ndmin=2)
+    atomic_virial = -rows[:, 5:11] / NKTV2P  # stress/atom is -virial in bar A^3, Voigt order
+    return dict(_result(log), energies=rows[:, 4], forces=rows[:, 1:4], atomic_virial=atomic_virial)
+
+
+def _result(log: str) -> dict:
+    """energy and virial (3, 3) from the RESULT line of ``single_point_script``."""
     values = [float(v) for v in next(line for line in log.splitlines() if line.startswith("RESULT")).split()[1:]]
     energy, volume, pressure = values[0], values[1], values[2:]
     virial = np.zeros((3, 3))
     for (a, b), p in zip(VOIGT, pressure):
         virial[a, b] = virial[b, a] = p * volume / NKTV2P
-    rows = np.loadtxt(workdir / "atoms.dump", skiprows=9, ndmin=2)
-    atomic_virial = -rows[:, 5:11] / NKTV2P  # stress/atom is -virial in bar A^3, Voigt order
-    return dict(energy=energy, energies=rows[:, 4], forces=rows[:, 1:4], virial=virial, atomic_virial=atomic_virial)
+    return dict(energy=energy, virial=virial)
 
 
 def reference(checkpoint: Path, atoms):
@@ -126,17 +139,94 @@ def test_lammps_matches_ase(plugin, deployed, system, tmp_path):
     np.testing.assert_allclose(got["atomic_virial"].sum(0), voigt(got["virial"][None])[0], rtol=1e-6, atol=1e-6)
 
 
-def test_two_ranks_equal_one(plugin, tmp_path_factory):
+def triclinic_cu():
+    """A sheared Cu/O cell in LAMMPS's orientation (small tilts, so LAMMPS keeps the box as given)."""
+    atoms = cu_vacancy(seed=3).repeat((2, 1, 1))
+    cell = atoms.cell.array.copy()
+    cell[1, 0], cell[2, 0], cell[2, 1] = 0.9, -0.6, 0.5
+    atoms.set_cell(cell, scale_atoms=True)
+    return atoms
+
+
+def molecule_in_corner():
+    """A molecule in a 30 A box, off centre: on 4 ranks, subdomains without atoms."""
+    atoms = cu_o_molecule()
+    atoms.cell = [30.0, 30.0, 30.0]
+    atoms.center()
+    atoms.positions += [7.0, 7.0, 0.0]
+    return atoms
+
+
+RANK_SYSTEMS = {"cu_vacancy": lambda: cu_vacancy(seed=1).repeat((2, 1, 1)), "triclinic": triclinic_cu,
+                "molecule": molecule_in_corner}
+# (ranks, processor grid): slabs, a 2x2 grid, slabs thinner than r_max (4 A) on the 14.4 A box
+GRIDS = [(2, "2 1 1"), (4, "1 2 2"), (4, "4 1 1")]
+
+
+@pytest.fixture(scope="module")
+def one_rank(plugin, tmp_path_factory):
+    """System -> (one-rank LAMMPS results, checkpoint, pt2, atoms), computed once."""
     checkpoint, pt2 = deployed_model(tmp_path_factory.getbasetemp(), "float64")
-    atoms = cu_vacancy(seed=1).repeat((2, 1, 1))  # 62 atoms: each rank owns real atoms
-    one = lammps_single_point(plugin, pt2, atoms, tmp_path_factory.mktemp("one"), SPECIES)
-    two = lammps_single_point(plugin, pt2, atoms, tmp_path_factory.mktemp("two"), SPECIES, ranks=2)
+    results = {}
+    for name, make in RANK_SYSTEMS.items():
+        atoms = make()
+        got = lammps_single_point(plugin, pt2, atoms, tmp_path_factory.mktemp(f"one_{name}"), SPECIES)
+        assert_close(got, reference(checkpoint, atoms), "float64")
+        results[name] = (got, pt2, atoms)
+    return results
+
+
+@pytest.mark.parametrize("ranks,grid", GRIDS, ids=[g.replace(" ", "x") for _, g in GRIDS])
+@pytest.mark.parametrize("system", RANK_SYSTEMS)
+def test_ranks_equal_one_rank(plugin, one_rank, system, ranks, grid, tmp_path):
+    """Energy, per-atom energies, forces, virial and per-atom virials on N ranks (ghost features
+    exchanged per layer) equal one rank's (which equal NequIPCalculator's)."""
+    one, pt2, atoms = one_rank[system]
+    got = lammps_single_point(plugin, pt2, atoms, tmp_path, SPECIES, ranks=ranks, extra=f"processors {grid}",
+                              periodic=system != "molecule")
     for key in one:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-12, atol=1e-12, err_msg=key)
-    assert_close(one, reference(checkpoint, atoms), "float64")
+        np.testing.assert_allclose(got[key], one[key], rtol=1e-10, atol=1e-10, err_msg=key)
 
 
-def test_nve_energy_drift(plugin, tmp_path_factory):
+def test_one_shell_of_ghosts(plugin, one_rank, tmp_path):
+    """The ghost cutoff is r_max + skin, whatever the number of layers, and rank 0's model graph holds
+    its local atoms plus the ghosts within r_max."""
+    _, pt2, _ = one_rank["cu_vacancy"]
+    atoms = cu_vacancy(seed=1).repeat((4, 1, 1))  # 124 atoms, slabs of 14.4 A
+    log = run_lammps(single_point_script(plugin, pt2, SPECIES, True, "processors 2 1 1"), _with_data(tmp_path, atoms),
+                     ranks=2)
+    assert "ghost cutoff set to" not in log
+    graph = next(line for line in log.splitlines() if "model graph" in line)
+    total, local = (int(v) for v in graph.split("graph: ")[1].replace("(", "").split()[:3:2])
+    assert local < total < 2.5 * local, graph
+
+
+def _with_data(workdir: Path, atoms) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_data(atoms, workdir / "data.lmp", SPECIES)
+    return workdir
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_without_atom_ids(plugin, one_rank, ranks, tmp_path):
+    """`atom_modify id no`: ghosts cannot fold onto the atoms they image by tag, so every ghost is
+    exchanged, on one rank too; results are unchanged."""
+    one, pt2, atoms = one_rank["cu_vacancy"]
+    write_data(atoms, tmp_path / "data.lmp", SPECIES)
+    lines = (tmp_path / "data.lmp").read_text().splitlines()
+    start = lines.index("Atoms # atomic") + 2
+    lines[start:start + len(atoms)] = ["0 " + line.split(maxsplit=1)[1] for line in lines[start:start + len(atoms)]]
+    (tmp_path / "data.lmp").write_text("\n".join(lines) + "\n")  # without ids, LAMMPS wants them all 0
+    script = single_point_script(plugin, pt2, SPECIES, True, before_read="atom_modify id no", dump=False)
+    log = run_lammps(script, tmp_path, ranks=ranks)
+    got = _result(log)
+    for key in ("energy", "virial"):
+        np.testing.assert_allclose(got[key], one[key], rtol=1e-10, atol=1e-10, err_msg=key)
+
+
+def test_nve_energy_drift_two_ranks(plugin, tmp_path_factory):
+    """1000 steps of NVE on 2 ranks with a small skin, so that the neighbour list is rebuilt and atoms
+    change ranks during the run: energy is conserved."""
     _, pt2 = deployed_model(tmp_path_factory.getbasetemp(), "float64")
     workdir = tmp_path_factory.mktemp("nve")
     write_data(cu_vacancy(seed=2), workdir / "data.lmp", SPECIES)
@@ -144,11 +234,14 @@ def test_nve_energy_drift(plugin, tmp_path_factory):
 units metal
 atom_style atomic
 boundary p p p
+processors 2 1 1
 read_data data.lmp
 plugin load {plugin}
 pair_style nequip
 pair_coeff * * {pt2} Cu O
-velocity all create 300 1 mom yes rot no
+neighbor 0.3 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 600 1 mom yes rot no
 timestep 0.001
 fix nve all nve
 thermo 100
@@ -156,12 +249,14 @@ thermo_style custom step temp pe etotal
 thermo_modify format float %.12g
 run 1000
 """
-    log = run_lammps(script, workdir)
+    log = run_lammps(script, workdir, ranks=2)
     lines = log.split("Step")[-1].split("Loop time")[0].splitlines()[1:]
     rows = np.array([[float(v) for v in line.split()] for line in lines if line.strip()])
     assert rows[-1, 0] == 1000
     etotal, temp = rows[:, 3], rows[:, 1]
     assert temp.min() > 10, "atoms should move"
+    builds = int(log.split("Neighbor list builds = ")[1].split()[0])
+    assert builds > 5, f"only {builds} neighbour list builds: atoms did not move between subdomains"
     drift = np.abs(etotal - etotal[0]).max() / 31
     assert drift < 1e-4, f"NVE energy drift {drift:.2e} eV/atom over 1000 steps"
 
