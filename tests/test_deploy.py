@@ -99,6 +99,10 @@ def other_torch(meta):
     meta["torch_version"] = "1.13.1"
 
 
+def older_format(meta):
+    meta["format"] = "nequip_fast.deployed.v1"  # before the ghost-exchange input
+
+
 def no_r_max(meta):
     del meta["r_max"]
 
@@ -110,6 +114,7 @@ def not_ours(meta):
 @pytest.mark.parametrize("edit, message", [
     (other_torch, "deployed with torch 1.13.1"),
     (no_r_max, "metadata lacks r_max"),
+    (older_format, "deployed by another nequip_fast version"),
     (not_ours, "is not a deployed nequip_fast model"),
 ])
 def test_bad_metadata_is_a_clear_error(deployed64, tmp_path, edit, message):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_deploy import SPECIES, cu_o_molecule, cu_vacancy, deployed_model, other_torch, rewrite_metadata
+from test_deploy import (SPECIES, cu_o_molecule, cu_vacancy, deployed_model, older_format, other_torch,
+                         rewrite_metadata)
 from nequip_fast.ase import NequIPCalculator
 from nequip_fast.data import AtomicGraph
 from nequip_fast.deploy.export import EdgePotential
@@ -266,6 +267,7 @@ ERROR_CASES = {
     "wrong species count": (dict(types=["Cu"]), "needs one model species per atom type: 2 type(s), got 1"),
     "missing file": (dict(model="missing.pt2"), "does not exist"),
     "other torch": (dict(model="other_torch.pt2"), "was deployed with torch 1.13.1"),
+    "older format": (dict(model="older.pt2"), "deployed by another nequip_fast version"),
     "corrupt file": (dict(model="corrupt.pt2"), "is not a deployed nequip_fast model"),
     "units real": (dict(units="real"), "requires 'units metal'"),
     "newton off": (dict(newton="off"), "requires 'newton on'"),
@@ -277,6 +279,7 @@ def test_lammps_errors(plugin, tmp_path_factory, case):
     _, pt2 = deployed_model(tmp_path_factory.getbasetemp(), "float64")
     workdir = tmp_path_factory.mktemp("error")
     rewrite_metadata(pt2, workdir / "other_torch.pt2", other_torch)
+    rewrite_metadata(pt2, workdir / "older.pt2", older_format)
     (workdir / "corrupt.pt2").write_bytes(b"not a zip file")
     options, message = ERROR_CASES[case]
     options = dict(dict(types=["Cu", "O"], model=str(pt2), units="metal", newton="on"), **options)

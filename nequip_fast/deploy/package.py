@@ -107,6 +107,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def check_metadata(meta: dict[str, str], where: str) -> None:
+    if meta.get("format", "").startswith("nequip_fast.deployed.") and meta["format"] != FORMAT:
+        raise DeployError(f"{where} was deployed by another nequip_fast version (file format {meta['format']!r}, this "
+                          f"version reads {FORMAT!r}); redeploy the checkpoint with `nequip-fast deploy`")
     if meta.get("format") != FORMAT:
         raise DeployError(f"{where} is not a deployed nequip_fast model (format {meta.get('format')!r}, "
                           f"expected {FORMAT!r}); deploy it with `nequip-fast deploy`")
