@@ -6,6 +6,8 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/headeronly/version.h>
 
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -22,6 +24,27 @@ const char *const REDEPLOY = "redeploy the checkpoint with `nequip-fast deploy`"
 std::string release(const std::string &version) { return version.substr(0, version.find('+')); }
 
 std::string first_line(const std::string &text) { return text.substr(0, text.find('\n')); }
+
+// The metadata fields the fingerprint covers, in order (SIGNED_FIELDS in nequip_fast/deploy/package.py).
+const char *const SIGNED[] = {"format",        "nequip_fast_version", "torch_version", "r_max",
+                              "species",       "num_layers",          "dtype",         "device",
+                              "conv_backend",  "exchange_width",      "model_config",  "probe_energy",
+                              "probe_forces"};
+
+// 64-bit FNV-1a of "key=value" lines joined by '\n' (package.py: fingerprint): an edited metadata
+// is refused before the compiled code is loaded.
+std::string fingerprint(std::unordered_map<std::string, std::string> &meta) {
+  uint64_t hash = 0xcbf29ce484222325ULL;
+  bool first = true;
+  for (const char *key : SIGNED) {
+    std::string line = (first ? "" : "\n") + std::string(key) + "=" + meta[key];
+    for (unsigned char c : line) hash = (hash ^ c) * 0x100000001b3ULL;
+    first = false;
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(hash));
+  return hex;
+}
 
 // The fused conv ops (nequip_fast::segment_conv, ...) live in nequip_fast's extension library,
 // which must be loaded before a model that calls them runs. RTLD_LAZY: the library also holds a
@@ -56,9 +79,9 @@ ModelInfo read_model_info(const std::string &path) {
   if (meta["format"] != FORMAT)
     throw std::runtime_error(path + " is not a deployed nequip_fast model (format '" + meta["format"] +
                              "', expected '" + FORMAT + "'); " + REDEPLOY);
-  for (const char *key : {"nequip_fast_version", "torch_version", "r_max", "species", "num_layers", "dtype",
-                          "device", "conv_backend", "exchange_width"})
+  for (const char *key : SIGNED)
     if (!meta.count(key)) throw std::runtime_error(path + ": metadata lacks '" + key + "'; " + REDEPLOY);
+  if (!meta.count("fingerprint")) throw std::runtime_error(path + ": metadata lacks 'fingerprint'; " + REDEPLOY);
 
   ModelInfo info;
   info.path = path;
@@ -69,6 +92,9 @@ ModelInfo read_model_info(const std::string &path) {
                              " but this plugin is built with libtorch " + TORCH_VERSION +
                              "; compiled models are tied to a torch release: " + REDEPLOY + " under torch " +
                              TORCH_VERSION);
+  if (meta["fingerprint"] != fingerprint(meta))
+    throw std::runtime_error(path + ": its metadata was changed after deployment (the fingerprint does not match); " +
+                             REDEPLOY);
   info.dtype = meta["dtype"];
   info.device = meta["device"];
   info.conv_backend = meta["conv_backend"];

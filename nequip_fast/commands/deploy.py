@@ -9,7 +9,11 @@ def register(subparsers) -> None:
         "deploy", help="compile a model or checkpoint into one .pt2 file for LAMMPS",
         description="Export the energy model with forces and virial (AOTInductor) and its metadata "
                     "(r_max, species, layers, dtype, versions) into one file. The file is tied to this "
-                    "torch release and to DEVICE.")
+                    "torch release and to DEVICE. A .pt2 holds compiled native code that runs when the file is "
+                    "loaded (by LAMMPS or NequIPCalculator; --info reads only the metadata): trust model files like programs and "
+                    "load only those from sources you trust. Loading checks, before any code from the file runs, "
+                    "that its metadata is complete and unedited (fingerprint), and after, that the program "
+                    "reproduces the probe energy and forces recorded at deployment.")
     parser.add_argument("model", help="model file or training checkpoint (best.pt, last.pt); with --info, a .pt2")
     parser.add_argument("output", nargs="?", help="deployed file to write (.pt2)")
     parser.add_argument("--device", default="cpu", help="device the file runs on: cpu or cuda (default cpu)")

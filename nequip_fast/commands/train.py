@@ -22,6 +22,10 @@ The config has four sections; all keys but data.train have defaults.
             device auto, num_threads null
   output:   directory runs/nequip
 
+--resume refuses a config whose model, data or training settings differ from the
+run's (listing them); see --accept-changes. One run at a time writes to a directory
+(it holds output.directory/.lock).
+
 Writes to output.directory: best.pt (best validation model, loadable by
 NequIPCalculator and `nequip-fast evaluate`), last.pt (resume state), log.csv,
 tensorboard/, config.yaml (as run), learning_curves.png, parity_test.png,
@@ -39,27 +43,48 @@ def register(subparsers) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in output.directory from last.pt (optimizer, schedule, EMA, "
                              "RNG state and epoch); raise training.epochs to train longer")
+    parser.add_argument("--accept-changes", action="store_true",
+                        help="with --resume: take the changed values of training.lr, lr_schedule, plateau_*, "
+                             "min_lr, warmup_steps, weight_decay, ema_decay, batch_size, seed and of the data file "
+                             "paths instead of refusing them (other changes to the model, data or training "
+                             "sections are always refused; epochs, max_wall_time, early_stopping_patience, device, "
+                             "num_threads and model.conv_backend may always change)")
     parser.add_argument("--output", metavar="DIR", help="output directory (overrides output.directory)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from dataclasses import replace
+    from pathlib import Path
 
     from nequip_fast.data.dataset import DatasetError
+    from nequip_fast.model.io import ModelFileError
     from nequip_fast.train import ConfigError, load_config, train
+    from nequip_fast.train.checkpoint import LAST
     from nequip_fast.train.config import OutputConfig
+    from nequip_fast.train.trainer import DivergedError
 
+    if args.accept_changes and not args.resume:
+        print("nequip-fast train: error: --accept-changes goes with --resume", file=sys.stderr)
+        return 2
+    config = None
     try:
         config = load_config(args.config)
         if args.output:
             config = replace(config, output=OutputConfig(args.output))
-        train(config, resume=args.resume)
-    except (ConfigError, DatasetError, FileNotFoundError, OSError) as exc:
+        train(config, resume=args.resume, accept_changes=args.accept_changes)
+    except (ConfigError, DatasetError, ModelFileError, FileNotFoundError, OSError) as exc:
         print(f"nequip-fast train: error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:
+        print(f"nequip-fast train: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("nequip-fast train: interrupted; finished epochs are in last.pt, continue with --resume",
-              file=sys.stderr)
+        last = Path(config.output.directory) / LAST if config is not None else None
+        if last is not None and last.is_file():
+            print(f"nequip-fast train: interrupted; finished epochs are in {last}, continue with --resume",
+                  file=sys.stderr)
+        else:
+            print("nequip-fast train: interrupted before the first epoch finished; nothing was saved", file=sys.stderr)
         return 130
     return 0

@@ -1,8 +1,9 @@
 """Reading reference structures (extended XYZ or anything ``ase.io`` reads) with their labels."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -20,17 +21,69 @@ def read_structures(path: str | Path, index: str = ":", require: Sequence[str] =
     """All frames of ``path``; each must carry the labels named in ``require`` (energy/forces/stress)."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"data file {path} does not exist")
+        raise DatasetError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
         frames = read(path, index=index)
     except Exception as exc:  # ase raises many types for malformed files
-        raise DatasetError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        where = locate_extxyz_error(path) if path.suffix in (".xyz", ".extxyz") else None
+        raise DatasetError(f"cannot read {path}{where or f': {type(exc).__name__}: {exc}'}") from None
     frames = frames if isinstance(frames, list) else [frames]
     if not frames:
         raise DatasetError(f"{path} holds no structures")
+    where = str(path) if index == ":" else f"{path}[{index}]"  # frames counted in the selection
     for k, atoms in enumerate(frames):
-        _check_frame(atoms, require, f"{path} frame {k}")
+        _check_frame(atoms, require, f"{where} frame {k}")
     return frames
+
+
+# Properties column types of extended XYZ: R real, I integer, L logical, S string.
+_PARSE = {"R": float, "I": int, "L": lambda v: {"T": 1, "F": 0, "True": 1, "False": 0}[v], "S": str}
+
+
+def locate_extxyz_error(path: Path) -> Optional[str]:
+    """`` frame K, line L: cause`` for the first structural error of an extended XYZ file (the
+    frame counted in the whole file), or None when the layout is sound. Run only after ase failed,
+    whose messages name neither the frame nor the line."""
+    lines = path.read_text(errors="replace").splitlines()
+    n, frame = 0, 0
+    while n < len(lines) and lines[n].strip():
+        start = n + 1
+        try:
+            natoms = int(lines[n])
+        except ValueError:
+            return f" frame {frame}, line {start}: expected the number of atoms, got {lines[n].strip()!r}"
+        columns = _columns(lines[n + 1]) if n + 1 < len(lines) else []
+        width = sum(count for _, _, count in columns)
+        for atom in range(natoms):
+            number = n + 2 + atom  # 0-based line of this atom
+            if number >= len(lines):
+                return (f" frame {frame} (line {start}): declares {natoms} atoms but the file ends after {atom} "
+                        f"of them (line {len(lines)})")
+            fields = lines[number].split()
+            if columns and len(fields) != width:
+                spec = ":".join(f"{name}:{kind}:{count}" for name, kind, count in columns)
+                return f" frame {frame}, line {number + 1}: expected {width} columns ({spec}), got {len(fields)}"
+            k = 0
+            for name, kind, count in columns:
+                for value in fields[k: k + count]:
+                    try:
+                        _PARSE.get(kind, str)(value)
+                    except (ValueError, KeyError):
+                        what = "a number" if kind in "RI" else "T or F"
+                        return f" frame {frame}, line {number + 1}: column '{name}' value {value!r} is not {what}"
+                k += count
+        n, frame = n + 2 + natoms, frame + 1
+    return None
+
+
+def _columns(comment: str) -> list[tuple[str, str, int]]:
+    """(name, type, count) of each Properties column; ase's default without a Properties key."""
+    match = re.search(r"Properties=[\"']?([^\s\"']+)", comment)
+    parts = (match.group(1) if match else "species:S:1:pos:R:3").split(":")
+    try:
+        return [(parts[i], parts[i + 1], int(parts[i + 2])) for i in range(0, len(parts) - 2, 3)]
+    except ValueError:
+        return []
 
 
 def _check_frame(atoms: Atoms, require: Sequence[str], where: str) -> None:

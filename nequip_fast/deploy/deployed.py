@@ -8,7 +8,7 @@ import torch
 from ..data.graph import AtomicGraph
 from ..model import Prediction
 from ..model.geometry import edge_vectors
-from .package import NATIVE_BACKENDS, DeployError, read_metadata
+from .package import NATIVE_BACKENDS, DeployError, check_program, read_metadata
 
 
 class DeployedPotential(torch.nn.Module):
@@ -34,6 +34,7 @@ class DeployedPotential(torch.nn.Module):
         self.dtype = getattr(torch, meta["dtype"])
         self.device = torch.device(meta["device"])
         self.program = torch._inductor.aoti_load_package(str(self.path))
+        check_program(self, meta, str(self.path))
 
     def forward(self, graph: AtomicGraph, forces: bool = True, stress: bool = False) -> Prediction:
         if graph.num_graphs != 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,15 +51,38 @@ def model_from_state(state: dict[str, Any]) -> Potential:
     return model
 
 
+class ModelFileError(ValueError):
+    """A model file or checkpoint that cannot be used; the message names the file and the cause."""
+
+
+def read_state(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """The plain-data dict of a model file or checkpoint (``weights_only``); each way it can
+    fail is one line naming the file, never torch's advice to load without ``weights_only``."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "allowed global" in str(exc) or "Unsupported global" in str(exc):
+            raise ModelFileError(f"{path} holds Python objects, not plain data; refused, since loading them could "
+                                 f"run code (nequip_fast files hold only tensors, numbers and strings)") from None
+        raise ModelFileError(f"{path} is not a readable checkpoint (truncated or not written by torch.save)") from None
+    except (RuntimeError, EOFError, KeyError, ValueError) as exc:
+        cause = str(exc).split(". ")[0].splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"{path} is not a readable checkpoint (truncated or not written by torch.save: "
+                             f"{cause})") from None
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path} is not a nequip_fast checkpoint (it holds a {type(state).__name__})")
+    return state
+
+
 def load_model(path: str | Path, map_location: str = "cpu") -> Potential:
     """A model saved by ``save_model`` (or a training checkpoint, which holds the same keys)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
+    state = read_state(path, map_location)
+    if "model_config" not in state or "state_dict" not in state:
+        raise ModelFileError(f"{path} is not a nequip_fast model or checkpoint (no model_config/state_dict)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a nequip_fast model or checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or "model_config" not in state or "state_dict" not in state:
-        raise ValueError(f"{path} is not a nequip_fast model or checkpoint (no model_config/state_dict)")
-    return model_from_state(state).eval()
+        return model_from_state(state).eval()
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelFileError(f"{path}: its model_config and weights do not fit ({str(exc).splitlines()[0]})") from None

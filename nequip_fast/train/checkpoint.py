@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.io import atomic_save
+from ..model.io import ModelFileError, atomic_save, read_state
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -50,10 +50,21 @@ def save(state: dict[str, Any], path: Path) -> None:
         raise OSError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
 
 
+# What a resumed run reads from ``training``; a checkpoint without them cannot be continued.
+TRAINING_KEYS = ("model", "optimizer", "schedule", "ema", "rng", "epoch", "best", "best_epoch", "history")
+
+
 def load(path: Path) -> dict[str, Any]:
+    """A checkpoint to resume from; anything else is a ``ModelFileError`` naming the file."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_state(path)
     if "training" not in state:
-        raise ValueError(f"{path} is a model file without training state; it cannot be resumed")
+        kind = "a model file" if "state_dict" in state else "not a nequip_fast checkpoint"
+        raise ModelFileError(f"{path} is {kind} without training state; it cannot be resumed")
+    training = state["training"]
+    missing = [key for key in TRAINING_KEYS if key not in training] if isinstance(training, dict) else TRAINING_KEYS
+    if missing or "model_config" not in state:
+        raise ModelFileError(f"{path}: training state lacks {', '.join(missing) or 'model_config'} (written by another "
+                             "nequip_fast version, or damaged); it cannot be resumed")
     return state

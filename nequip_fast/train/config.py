@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ AUTO = "auto"
 AUTO_MODEL_KEYS = ("avg_num_neighbors", "per_species_shifts", "per_species_scales")
 METRICS = ("loss", "energy_mae", "energy_rmse", "forces_mae", "forces_rmse", "stress_mae", "stress_rmse")
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 SplitSize = Union[int, float, str]  # count, fraction of the file, or "rest"
 
 
@@ -126,11 +129,24 @@ def load_config(path: str | Path) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     config = parse_config(raw if raw is not None else {})
     return dataclasses.replace(config, data=_rebase_paths(config.data, path.parent))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML in which a key given twice is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_config(raw: Any) -> TrainConfig:
@@ -166,6 +182,10 @@ def _parse_model(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"model: expected a mapping of keys, got {_show(raw)}")
     _reject_unknown(raw, {f.name for f in dataclasses.fields(ModelConfig)}, "model.")
+    for key, value in raw.items():
+        numbers = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ConfigError(f"model.{key}: expected finite numbers, got {value}")
     trial = {k: v for k, v in raw.items() if not (k in AUTO_MODEL_KEYS and v == AUTO)}
     trial.setdefault("species", ["H"])
     for key in ("per_species_shifts", "per_species_scales"):
@@ -248,7 +268,11 @@ def _coerce(value: Any, annotation, key: str):
                 errors.append(str(exc).split(": expected ", 1)[1].split(", got")[0])
         raise ConfigError(f"{key}: expected {' or '.join(errors)}, got {_show(value)}")
     if annotation is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML reads 1e-3 (no dot) as text
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # YAML's .inf and .nan
+                raise ConfigError(f"{key}: expected a finite number, got {value}")
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {_show(value)}")
     if annotation is int:
@@ -268,3 +292,51 @@ def _coerce(value: Any, annotation, key: str):
 
 def _show(value: Any) -> str:
     return "nothing" if value is None else repr(value)
+
+
+# Settings a resumed run may change freely: how long it goes, where and how fast it runs.
+RESUME_FREE = frozenset({"training.epochs", "training.max_wall_time", "training.early_stopping_patience",
+                         "training.device", "training.num_threads", "model.conv_backend"})
+# Settings ``--resume --accept-changes`` takes (the new values are used): the optimiser's schedule,
+# the batches, and data paths (the user vouches that the files are the same).
+RESUME_ACCEPTABLE = frozenset({f"training.{key}" for key in (
+    "lr", "lr_schedule", "plateau_patience", "plateau_factor", "min_lr", "warmup_steps", "weight_decay", "ema_decay",
+    "batch_size", "seed")} | {"data.train", "data.val", "data.test"})
+
+
+def changed_settings(saved: Optional[Mapping[str, Any]], config: TrainConfig,
+                     resolved_model: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, the run's value, the new value)`` of each setting that differs from the run's.
+
+    ``saved`` is the run's ``TrainConfig.to_dict()`` (None for a checkpoint that predates it: then
+    only the model is compared, with its resolved config). A model value equal to the run's
+    resolved one (say the number an "auto" became, copied from the run's config.yaml) is unchanged.
+    """
+    new, resolved = _plain(config.to_dict()), _plain(dict(resolved_model))
+    changes = []
+    for section in ("data", "training") if saved is not None else ():
+        for key, value in new[section].items():
+            old = _plain(saved.get(section, {})).get(key, value)
+            if old != value:
+                changes.append((f"{section}.{key}", old, value))
+    defaults = {f.name: _plain(f.default) for f in dataclasses.fields(ModelConfig)}
+    for key in defaults:
+        value = new["model"].get(key, defaults[key])
+        if saved is None:
+            if value in (None, AUTO):
+                continue  # derived from the data, as it was in the run
+            old = resolved.get(key)
+        else:
+            old = _plain(saved.get("model", {})).get(key, defaults[key])
+        if value != old and value != resolved.get(key):
+            changes.append((f"model.{key}", resolved.get(key) if old in (None, AUTO) else old, value))
+    return changes
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively, so that a YAML list equals the tuple it was stored as."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return None if value is dataclasses.MISSING else value

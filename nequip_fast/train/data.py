@@ -28,6 +28,9 @@ def load_splits(cfg: DataConfig, require: Sequence[str], species: Optional[Seque
     paths = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
     files = {name: read_structures(path, cfg.index if name == "train" else ":", require)
              for name, path in paths.items() if path}
+    for name, frames in files.items():
+        for key in ("energy", "forces", "stress"):
+            labels_present(frames, key, _label(paths[name], cfg, name))
     species = tuple(species or species_of([a for frames in files.values() for a in frames]))
     graphs = {name: [g.to(dtype=dtype) for g in to_graphs(frames, species, r_max, _label(paths[name], cfg, name))]
               for name, frames in files.items()}
@@ -46,7 +49,22 @@ def load_splits(cfg: DataConfig, require: Sequence[str], species: Optional[Seque
         if not splits[name].frames:
             raise ConfigError(f"data.{key}: the {name} split is empty ({len(files['train'])} frames in {cfg.train}"
                               f"{'' if name == 'train' else '; set data.n_val or give data.val'})")
+    _check_trained_elements(splits, {name: paths[name] if name in files and name != "train" else
+                                     f"the {name} split drawn from {cfg.train}" for name in splits})
     return splits, species
+
+
+def _check_trained_elements(splits: dict[str, Split], sources: dict[str, str]) -> None:
+    """An element that only validation or test structures hold would be scored untrained
+    (its energy shift 0): an error, not a number in the table."""
+    trained = {s for atoms in splits["train"].frames for s in atoms.get_chemical_symbols()}
+    for name in ("val", "test"):
+        unseen = sorted({s for atoms in splits[name].frames for s in atoms.get_chemical_symbols()} - trained)
+        if unseen:
+            what = f"element {unseen[0]} is" if len(unseen) == 1 else f"elements {', '.join(unseen)} are"
+            raise DatasetError(f"{sources[name]}: {what} not in the training split, so the model cannot learn "
+                               f"{'it' if len(unseen) == 1 else 'them'}; add training structures with "
+                               f"{'it' if len(unseen) == 1 else 'them'} or leave those out of the {name} data")
 
 
 def _label(path: str, cfg: DataConfig, name: str) -> str:
@@ -66,12 +84,15 @@ def split_sizes(total: int, requested: dict[str, SplitSize]) -> dict[str, int]:
     return {k: sizes[k] for k in requested}
 
 
-def labels_present(frames: Sequence[Atoms], key: str) -> bool:
-    """Whether every frame has label ``key``; a mixture is an error (batches need all or none)."""
-    have = [f.calc is not None and key in f.calc.results for f in frames]
+def labels_present(frames: Sequence[Atoms], key: str, where: str = "data") -> bool:
+    """Whether every frame has label ``key``; a mixture is an error naming the frames (a batch
+    needs all or none, so a mixture would make results depend on the batch size).
+    ``where`` names the file the frames are, in order, from."""
+    have = [f.calc is not None and (key in f.calc.results or key == "energy" and "free_energy" in f.calc.results)
+            for f in frames]
     if any(have) and not all(have):
-        raise DatasetError(f"'{key}' is given for some frames but not for frame {have.index(False)}: "
-                           f"label all frames or none")
+        raise DatasetError(f"{where} frame {have.index(False)}: no '{key}' label, but frame {have.index(True)} has "
+                           f"one; label all frames or none")
     return bool(have) and all(have)
 
 

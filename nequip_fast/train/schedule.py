@@ -44,6 +44,11 @@ class LRSchedule:
             self.bad_epochs = 0
             self._apply()
 
+    def restart_from(self, lr: float) -> None:
+        """Another base lr (a resume that accepts a changed training.lr); the plateau count restarts."""
+        self.base_lr, self.bad_epochs = lr, 0
+        self._apply()
+
     def _apply(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr

@@ -15,16 +15,17 @@ from tqdm import tqdm
 from ..data import AtomicGraph
 from ..data.statistics import avg_num_neighbors, force_rms, per_species_energy_shifts
 from ..model import ModelConfig, Potential, build_model
-from ..model.io import model_from_state, model_state
+from ..model.io import ModelFileError, model_from_state, model_state, read_state
 from . import checkpoint, plots
 from .checkpoint import BEST, LAST
-from .config import AUTO, ConfigError, TrainConfig, TrainingConfig
+from .config import AUTO, RESUME_ACCEPTABLE, RESUME_FREE, ConfigError, TrainConfig, TrainingConfig, changed_settings
 from .data import Batches, Split, labels_present, load_splits
 from .distributed import (Dist, all_reduce_sum, barrier, broadcast_parameters, close_group, init_from_env,
                           sum_gradients)
 from .ema import EMA
 from .evaluate import evaluate, format_table, predict
 from .metrics import LossWeights, Metrics, counts, errors, step_loss
+from .rundir import RunDirectory
 from .runlog import RunLog, summary_line
 from .schedule import LRSchedule
 
@@ -50,6 +51,7 @@ class Trainer:
         self.val_batches = Batches(val, cfg.batch_size, False, rank=ddp.rank, world_size=ddp.world_size)
         self.epoch = 0
         self.best, self.best_epoch = math.inf, 0
+        self.best_weights: Optional[dict[str, torch.Tensor]] = None  # averaged weights of best_epoch
         self.history: list[dict[str, float]] = []
 
     def averaged(self):
@@ -97,21 +99,48 @@ class Trainer:
         return result.metrics
 
     def run_epoch(self) -> dict[str, float]:
-        """Train and validate one epoch, update schedule and best metric; returns the log row."""
+        """Train and validate one epoch, update schedule and best metric; returns the log row.
+
+        A non-finite loss raises ``DivergedError`` before anything of the epoch is kept."""
         row = self.train_epoch()
         row.update({f"val_{k}": v for k, v in self.validate().items()})
+        for split, key in (("training", "train_loss"), ("validation", "val_loss")):
+            if not math.isfinite(row[key]):
+                raise DivergedError(f"training diverged in epoch {self.epoch + 1}: the {split} loss is {row[key]} "
+                                    f"(lr {row['lr']:.3g}); lower training.lr, or check the loss weights and the data; "
+                                    + (f"last.pt holds epoch {self.epoch}" if self.epoch else "nothing was saved"))
         self.epoch += 1
         metric = row[f"val_{self.cfg.metric}"]
         self.schedule.epoch_end(metric)
         if metric < self.best:
             self.best, self.best_epoch = metric, self.epoch
+            self.best_weights = self.averaged_weights()
         self.history.append(row)
         return row
 
+    def averaged_weights(self) -> dict[str, torch.Tensor]:
+        """A copy of the state dict with the averaged weights (a state dict shares the parameters'
+        storage, which get the training weights back when ``averaged`` ends)."""
+        with self.averaged():
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def best_checkpoint(self) -> dict:
+        """best.pt: the model file of the best epoch, with that epoch's log row."""
+        return {**model_state(self.model), "state_dict": self.best_weights, "epoch": self.best_epoch,
+                "val_metrics": self.history[self.best_epoch - 1]}
+
+    def adopt(self, changed: Sequence[str]) -> None:
+        """After ``load_state_dict``: use this config's values of the changed keys (--accept-changes)
+        that the loaded state would otherwise override."""
+        if "training.lr" in changed:
+            self.schedule.restart_from(self.cfg.lr)
+        if "training.weight_decay" in changed:
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = self.cfg.weight_decay
+
     def state_dict(self) -> dict:
         """Checkpoint: a model file (averaged weights) plus ``training`` with the resume state."""
-        with self.averaged():
-            state = model_state(self.model)
+        state = {**model_state(self.model), "state_dict": self.averaged_weights()}
         state["training"] = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -121,6 +150,7 @@ class Trainer:
             "epoch": self.epoch,
             "best": self.best,
             "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights,
             "history": self.history,
         }
         return state
@@ -134,14 +164,21 @@ class Trainer:
             self.ema.load_state_dict(training["ema"])
         checkpoint.set_rng_state(training["rng"])
         self.epoch, self.best, self.best_epoch = training["epoch"], training["best"], training["best_epoch"]
+        self.best_weights = training.get("best_weights")  # absent in checkpoints of older versions
         self.history = training["history"]
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and what to change."""
+
+
+def train(config: TrainConfig, resume: bool = False, accept_changes: bool = False) -> Path:
     """Run (or resume) training as configured; returns the output directory.
 
     Under torchrun every process runs this; all read the data and build the graphs (cheap next
-    to training), each computes its share of every batch, only the main process writes.
+    to training), each computes its share of every batch, only the main process writes (and
+    holds the output directory's lock). ``accept_changes``: a resumed run takes the changed
+    settings of ``RESUME_ACCEPTABLE`` instead of refusing them.
     """
     wall_start = time.monotonic()
     cfg = config.training
@@ -152,9 +189,17 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out = Path(config.output.directory)
-    if ddp.main:
-        _prepare_output(out, resume)
+    with RunDirectory(out, resume) if ddp.main else contextlib.nullcontext():
+        barrier()
+        _run(config, resume, accept_changes, out, ddp, device, wall_start)
     barrier()
+    close_group(ddp)
+    return out
+
+
+def _run(config: TrainConfig, resume: bool, accept_changes: bool, out: Path, ddp: Dist, device: torch.device,
+         wall_start: float) -> None:
+    cfg = config.training
     state = checkpoint.load(out / LAST) if resume else None
 
     raw_model = state["model_config"] if state else config.model
@@ -163,13 +208,23 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     splits, species = load_splits(config.data, require, raw_model.get("species"),
                                   float(raw_model.get("r_max", ModelConfig.r_max)), dtype)
     _check_labels(splits, cfg)
-    model_cfg = ModelConfig.from_dict(state["model_config"]) if state else resolve_model_config(
-        config.model, species, splits["train"].graphs)
+    changed: list[str] = []
+    if state:
+        changed = _check_resume(state, config, out, accept_changes)
+        model_cfg = ModelConfig.from_dict({**state["model_config"],
+                                           "conv_backend": config.model.get("conv_backend", ModelConfig.conv_backend)})
+    else:
+        model_cfg = resolve_model_config(config.model, species, splits["train"].graphs)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     trainer = Trainer(model, cfg, splits["train"].graphs, splits["val"].graphs, ddp, device)
     if state:
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ModelFileError(f"{out / LAST}: its training state does not fit its model "
+                                 f"({str(exc).splitlines()[0]})") from None
+        trainer.adopt(changed)
     log = None
     if ddp.main:
         _write_resolved_config(out, config, model_cfg)
@@ -179,16 +234,18 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
               f"{f'; {ddp.world_size} processes' if ddp.active else ''}; output {out}")
         if state:
             print(f"resuming after epoch {trainer.epoch} from {out / LAST}")
+            _repair_best(out, trainer)
         log = RunLog(out)
 
     while trainer.epoch < cfg.epochs:
         epoch_start = time.monotonic()
         row = trainer.run_epoch()
         if ddp.main:
-            checkpoint.save(trainer.state_dict(), out / LAST)
+            # last.pt is the commit (it holds the best weights too); best.pt follows from it, and a
+            # resume rewrites best.pt when a kill came between the two writes
+            checkpoint.save({**trainer.state_dict(), "run_config": config.to_dict()}, out / LAST)
             if trainer.best_epoch == trainer.epoch:
-                with trainer.averaged():
-                    checkpoint.save({**model_state(model), "epoch": trainer.epoch, "val_metrics": row}, out / BEST)
+                checkpoint.save(trainer.best_checkpoint(), out / BEST)
             log.write(trainer.history)
             print(summary_line(row, cfg.epochs), flush=True)
         now = time.monotonic()
@@ -200,9 +257,40 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if ddp.main:
         log.close()
         _final_report(out, splits, cfg, trainer)
-    barrier()
-    close_group(ddp)
-    return out
+
+
+def _check_resume(state: dict, config: TrainConfig, out: Path, accept_changes: bool) -> list[str]:
+    """The changed settings a resumed run takes; any other change is a ``ConfigError`` listing them all."""
+    changes = [c for c in changed_settings(state.get("run_config"), config, state["model_config"])
+               if c[0] not in RESUME_FREE]
+    refused = [c for c in changes if not (accept_changes and c[0] in RESUME_ACCEPTABLE)]
+    listed = ", ".join(f"{key} {old} -> {new}" for key, old, new in refused)
+    if refused:
+        acceptable = [key for key, _, _ in refused if key in RESUME_ACCEPTABLE]
+        hint = (f"; --accept-changes takes the new {', '.join(acceptable)}" if acceptable and not accept_changes
+                else "")
+        raise ConfigError(f"--resume: the config differs from the run in {out}: {listed}; a resumed run continues "
+                          f"that run's model and training, so restore these values (the run's are in "
+                          f"{out / 'config.yaml'}) or start a new run in another output.directory{hint}")
+    if changes:
+        print("resuming with changed settings (--accept-changes): "
+              + ", ".join(f"{key} {old} -> {new}" for key, old, new in changes))
+    return [key for key, _, _ in changes]
+
+
+def _repair_best(out: Path, trainer: Trainer) -> None:
+    """Make best.pt the best epoch that last.pt records (a kill between the two writes leaves an
+    older best.pt, or none)."""
+    if trainer.best_weights is None:
+        return
+    try:
+        held = torch.load(out / BEST, map_location="cpu", weights_only=True).get("epoch")
+    except Exception:  # missing, truncated or foreign: rewritten below either way
+        held = None
+    if held != trainer.best_epoch:
+        checkpoint.save(trainer.best_checkpoint(), out / BEST)
+        print(f"repaired {BEST}: it held {f'epoch {held}' if held else 'no model'}, the run's best is epoch "
+              f"{trainer.best_epoch} (the previous run stopped between writing {LAST} and {BEST})")
 
 
 def resolve_model_config(raw: dict, species: Sequence[str], graphs: Sequence[AtomicGraph]) -> ModelConfig:
@@ -236,7 +324,8 @@ def _stop_reason(trainer: Trainer, cfg: TrainingConfig, elapsed: float, epoch_se
 
 def _final_report(out: Path, splits: dict[str, Split], cfg: TrainingConfig, trainer: Trainer) -> None:
     """Best model on the test split (validation split if there is no test split): table, plots."""
-    best = model_from_state(torch.load(out / BEST, map_location="cpu", weights_only=True)).to(trainer.device).eval()
+    state = trainer.best_checkpoint() if trainer.best_weights is not None else read_state(out / BEST)
+    best = model_from_state(state).to(trainer.device).eval()
     name = "test" if splits["test"].frames else "val"
     graphs = splits[name].graphs
     result = evaluate(best, Batches(graphs, cfg.batch_size, False).epoch(0, trainer.device),
@@ -257,20 +346,6 @@ def _check_labels(splits: dict[str, Split], cfg: TrainingConfig) -> None:
         raise ConfigError(f"training.metric: '{cfg.metric}' needs stress labels in the validation data")
     if cfg.metric.startswith("forces") and cfg.forces_weight == 0 and not labels_present(splits["val"].frames, "forces"):
         raise ConfigError(f"training.metric: '{cfg.metric}' needs force labels in the validation data")
-
-
-def _prepare_output(out: Path, resume: bool) -> None:
-    """Fail now, not after the first epoch, if the directory cannot be written or holds a run."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output.directory: cannot write to {out}: {exc.strerror or exc}") from None
-    if not resume and (out / LAST).exists():
-        raise ConfigError(f"output.directory: {out} already holds a run ({LAST}); continue it with --resume "
-                          "or choose another directory")
 
 
 def _write_resolved_config(out: Path, config: TrainConfig, model_cfg: ModelConfig) -> None:
