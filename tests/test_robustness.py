@@ -369,3 +369,22 @@ def test_edited_metadata_is_refused_before_loading(deployed_file, tmp_path, monk
     with pytest.raises(SystemExit):
         main(["deploy", "--help"])
     assert "trust model files like programs" in " ".join(capsys.readouterr().out.split())
+
+
+def test_sigterm_exits_cleanly(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    real_step, steps = Trainer.step, []
+
+    def terminated_in_epoch_2(self, graph):
+        steps.append(1)
+        if len(steps) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a batch system sends at its time limit
+        return real_step(self, graph)
+
+    monkeypatch.setattr(Trainer, "step", terminated_in_epoch_2)
+    code, err = run_cli(capsys, "train", write_config(tmp_path))
+    assert code == 143 and re.search(r"terminated \(SIGTERM\); finished epochs are in .*last\.pt", err), err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["epoch"] == 1

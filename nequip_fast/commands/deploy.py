@@ -29,6 +29,13 @@ def run(args) -> int:
     if not args.info and args.output is None:
         print("nequip-fast deploy: error: give the deployed file to write: deploy MODEL OUTPUT.pt2", file=sys.stderr)
         return 2
+    if args.device.startswith("cuda") and not args.info:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"nequip-fast deploy: error: --device {args.device}: CUDA is not available on this machine "
+                  "(a file for GPUs is compiled on a machine with one)", file=sys.stderr)
+            return 2
     try:
         if not args.info:
             from nequip_fast.model import load_model

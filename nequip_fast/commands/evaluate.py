@@ -52,6 +52,8 @@ def run(args) -> int:
         return fail(f"--device {args.device}: CUDA is not available on this machine")
     if args.output:
         folder = Path(args.output).resolve().parent
+        if Path(args.output).is_dir():
+            return fail(f"--output: {args.output} is a directory; give a file name (.extxyz)")
         if not folder.is_dir():
             return fail(f"--output: directory {folder} does not exist")
         if not os.access(folder, os.W_OK):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 EPILOG = """\
@@ -68,6 +69,7 @@ def run(args) -> int:
         print("nequip-fast train: error: --accept-changes goes with --resume", file=sys.stderr)
         return 2
     config = None
+    signal.signal(signal.SIGTERM, _terminated)  # a batch system's stop: the same clean exit as Ctrl-C
     try:
         config = load_config(args.config)
         if args.output:
@@ -79,12 +81,22 @@ def run(args) -> int:
     except DivergedError as exc:
         print(f"nequip-fast train: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         last = Path(config.output.directory) / LAST if config is not None else None
         if last is not None and last.is_file():
-            print(f"nequip-fast train: interrupted; finished epochs are in {last}, continue with --resume",
-                  file=sys.stderr)
+            print(f"nequip-fast train: {how}; finished epochs are in {last}, continue with --resume", file=sys.stderr)
         else:
-            print("nequip-fast train: interrupted before the first epoch finished; nothing was saved", file=sys.stderr)
-        return 130
+            print(f"nequip-fast train: {how} before the first epoch finished; nothing was saved", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that writes in progress clean up as for Ctrl-C."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()

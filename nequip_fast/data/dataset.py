@@ -22,8 +22,12 @@ def read_structures(path: str | Path, index: str = ":", require: Sequence[str] =
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"data file {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+    if not is_ase_index(index):
+        raise DatasetError(f"index {index!r} is not an ase.io index such as ':' (all), '::2', '10:20' or '-1'")
     try:
         frames = read(path, index=index)
+    except (StopIteration, IndexError):
+        raise DatasetError(f"{path}: index {index!r} selects no frame ({len(read(path, ':'))} frames)") from None
     except Exception as exc:  # ase raises many types for malformed files
         where = locate_extxyz_error(path) if path.suffix in (".xyz", ".extxyz") else None
         raise DatasetError(f"cannot read {path}{where or f': {type(exc).__name__}: {exc}'}") from None
@@ -34,6 +38,16 @@ def read_structures(path: str | Path, index: str = ":", require: Sequence[str] =
     for k, atoms in enumerate(frames):
         _check_frame(atoms, require, f"{where} frame {k}")
     return frames
+
+
+def is_ase_index(text: str) -> bool:
+    """Whether ``text`` selects frames as ase.io's ``index`` does (an integer or a slice)."""
+    from ase.io.formats import string2index
+
+    try:
+        return isinstance(string2index(text), (int, slice))
+    except ValueError:
+        return False
 
 
 # Properties column types of extended XYZ: R real, I integer, L logical, S string.
@@ -51,7 +65,7 @@ def locate_extxyz_error(path: Path) -> Optional[str]:
         try:
             natoms = int(lines[n])
         except ValueError:
-            return f" frame {frame}, line {start}: expected the number of atoms, got {lines[n].strip()!r}"
+            return f" frame {frame}, line {start}: expected the number of atoms, got {lines[n].strip()[:40]!r}"
         columns = _columns(lines[n + 1]) if n + 1 < len(lines) else []
         width = sum(count for _, _, count in columns)
         for atom in range(natoms):
@@ -92,7 +106,8 @@ def _check_frame(atoms: Atoms, require: Sequence[str], where: str) -> None:
     results = atoms.calc.results if atoms.calc is not None else {}
     for key in require:
         if key not in results and not (key == "energy" and "free_energy" in results):
-            raise DatasetError(f"{where}: missing '{key}' (present: {sorted(results) or 'no labels'})")
+            other = f"; other keys of the frame: {', '.join(sorted(atoms.info))}" if atoms.info else ""
+            raise DatasetError(f"{where}: missing '{key}' (present: {sorted(results) or 'no labels'}{other})")
     for key, value in results.items():
         if isinstance(value, (float, int, np.ndarray)) and not np.all(np.isfinite(value)):
             raise DatasetError(f"{where}: '{key}' contains NaN or inf")

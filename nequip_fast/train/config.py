@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping, Optional, Union
 
 import yaml
 
+from ..data.dataset import is_ase_index
 from ..model.config import ModelConfig
 
 AUTO = "auto"
@@ -217,6 +218,9 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError("training.energy_weight: all loss weights are 0, nothing to train")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"training.device: expected auto, cpu, cuda or cuda:N, got {t.device!r}")
+    if not is_ase_index(d.index):
+        raise ConfigError(f"data.index: expected an ase.io index such as ':' (all), '::2', '10:20' or '-1', "
+                          f"got {d.index!r}")
     for key in ("n_train", "n_val", "n_test"):
         value = getattr(d, key)
         if isinstance(value, str) and value != "rest":

@@ -296,6 +296,10 @@ def _repair_best(out: Path, trainer: Trainer) -> None:
 def resolve_model_config(raw: dict, species: Sequence[str], graphs: Sequence[AtomicGraph]) -> ModelConfig:
     """The model section with its "auto" values computed from the training graphs."""
     values = {**raw, "species": list(species)}
+    if avg_num_neighbors(graphs) == 0:
+        raise ConfigError(f"model.r_max: no atom of the training split has a neighbour within r_max = "
+                          f"{values.get('r_max', ModelConfig.r_max)} A, so the model would learn isolated atoms "
+                          "only; raise model.r_max")
     if values.get("avg_num_neighbors") == AUTO:
         values["avg_num_neighbors"] = avg_num_neighbors(graphs)
     if values.get("per_species_shifts") == AUTO:
