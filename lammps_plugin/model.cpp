@@ -132,6 +132,13 @@ Model::~Model() = default;
 Outputs Model::run(const at::Tensor &species, const at::Tensor &edge_index, const at::Tensor &edge_vec,
                    int64_t nghost) {
   c10::InferenceMode guard;
+  // As the Python side (data.neighbors): overlapping atoms give no physical energy (at 0 A a NaN).
+  if (edge_vec.size(0) > 0) {
+    const double closest = edge_vec.norm(2, 1).min().item<double>();
+    if (!(closest >= 0.1))
+      throw std::runtime_error("two atoms are " + std::to_string(closest) +
+                               " A apart (closer than 0.1 A): overlapping atoms, or non-finite positions");
+  }
   const auto dtype = info_.dtype == "float64" ? at::kDouble : at::kFloat;
   std::vector<at::Tensor> inputs{species.to(device_), edge_index.to(device_), edge_vec.to(device_, dtype),
                                  at::zeros({nghost}, at::TensorOptions().dtype(at::kLong).device(device_))};

@@ -22,6 +22,7 @@ from nequip_fast.data.dataset import DatasetError, read_structures
 from nequip_fast.train import ConfigError, Trainer, load_config, parse_config, train
 from nequip_fast.train import checkpoint as checkpoint_module
 from test_evaluate import model_and_data  # noqa: F401 (fixture)
+from test_lammps import plugin  # noqa: F401 (fixture)
 from test_train import copper, molecules, write_config
 
 
@@ -388,3 +389,68 @@ def test_sigterm_exits_cleanly(tmp_path, capsys, monkeypatch):
     assert code == 143 and re.search(r"terminated \(SIGTERM\); finished epochs are in .*last\.pt", err), err
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["epoch"] == 1
+
+
+# --- found in the round of tests/README.md ------------------------------------------------------------
+
+def test_yaml_pitfalls(tmp_path):
+    config = write_config(tmp_path)
+    text = config.read_text()
+    config.write_text(text.replace("lr: 0.01", "lr: 0.01\n  lr: 0.5"))
+    with pytest.raises(ConfigError, match="key 'lr' is given twice"):
+        load_config(config)
+    config.write_text(text.replace("lr: 0.01", "lr: 1e-3"))  # PyYAML reads 1e-3 as text
+    assert load_config(config).training.lr == 0.001
+    with pytest.raises(ConfigError, match=r"data\.index: expected an ase\.io index"):
+        parse_config({"data": {"train": "x", "index": "first"}})
+
+
+def test_cutoff_without_neighbours_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.r_max: no atom of the training split has a neighbour within"):
+        train(load_config(write_config(tmp_path, model={"r_max": 0.5})))
+
+
+def test_commands_check_devices_and_paths_first(model_and_data, capsys, monkeypatch):
+    _, data, tmp_path = model_and_data
+    code, err = run_cli(capsys, "evaluate", tmp_path / "model.pt", data, "--output", tmp_path)
+    assert code == 2 and "is a directory" in err
+    code, err = run_cli(capsys, "evaluate", tmp_path / "model.pt", data, "--index", "50")
+    assert code == 2 and "index '50' selects no frame (6 frames)" in err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = run_cli(capsys, "deploy", tmp_path / "model.pt", tmp_path / "m.pt2", "--device", "cuda")
+    assert code == 2 and "--device cuda: CUDA is not available" in err
+
+
+# --- the LAMMPS plugin: checked metadata, no NaN from overlapping atoms -----------------------------
+
+def edit_r_max(meta: dict) -> None:
+    meta["r_max"] = "5.0"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("edited metadata", "its metadata was changed after deployment (the fingerprint does not match)"),
+    ("overlapping atoms", "two atoms are 0.000000 A apart (closer than 0.1 A)"),
+])
+def test_lammps_refuses_what_python_refuses(plugin, deployed_file, tmp_path, case, message):
+    from nequip_fast.deploy.lammps import LammpsError, run_lammps
+    from test_deploy import cu_vacancy, rewrite_metadata
+    from test_lammps import write_data
+
+    atoms, model = cu_vacancy(), deployed_file
+    if case == "edited metadata":
+        model = rewrite_metadata(deployed_file, tmp_path / "edited.pt2", edit_r_max)
+    else:
+        atoms.positions[1] = atoms.positions[0]  # was a NaN energy, and LAMMPS went on
+    write_data(atoms, tmp_path / "data.lmp", ["Cu", "O"])
+    script = f"""units metal
+atom_style atomic
+newton on
+read_data data.lmp
+plugin load {plugin}
+pair_style nequip
+pair_coeff * * {model} Cu O
+run 0
+"""
+    with pytest.raises(LammpsError) as failure:
+        run_lammps(script, tmp_path)
+    assert message in failure.value.log

@@ -79,6 +79,9 @@ def load_model(path: str | Path, map_location: str = "cpu") -> Potential:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
+    if path.suffix == ".pt2":
+        raise ModelFileError(f"{path} is a deployed model (.pt2): give the checkpoint it was deployed from (.pt); "
+                             "NequIPCalculator and LAMMPS load .pt2 files")
     state = read_state(path, map_location)
     if "model_config" not in state or "state_dict" not in state:
         raise ModelFileError(f"{path} is not a nequip_fast model or checkpoint (no model_config/state_dict)")

@@ -11,7 +11,7 @@ from .config import ConfigError
 
 LOCK = ".lock"
 # temporary files of atomic writes (checkpoint.save, RunLog.write) that a kill can leave behind
-TEMPORARY = (f".{LAST}.*.tmp", f".{BEST}.*.tmp", ".log.csv.tmp")
+TEMPORARY = (f".{LAST}.*.tmp", f".{BEST}.*.tmp", ".log.csv.tmp", ".config.yaml.tmp")
 
 
 class RunDirectory:

@@ -355,7 +355,9 @@ def _check_labels(splits: dict[str, Split], cfg: TrainingConfig) -> None:
 def _write_resolved_config(out: Path, config: TrainConfig, model_cfg: ModelConfig) -> None:
     """The config as run, "auto" values filled in: a record of what was trained."""
     resolved = {**config.to_dict(), "model": model_cfg.to_dict()}
-    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    tmp = out / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    tmp.replace(out / "config.yaml")
 
 
 def _device(name: str) -> torch.device:
