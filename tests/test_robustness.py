@@ -44,7 +44,7 @@ def edit_yaml(path: Path, **sections) -> None:
 
 # --- 1: --resume with changed settings ---------------------------------------------------------
 
-def test_resume_refuses_changed_model_and_training_settings(tmp_path, capsys):
+def test_resume_with_changed_settings(tmp_path, capsys):
     config = write_config(tmp_path, training={"epochs": 1})
     assert main(["train", str(config)]) == 0
     recorded = (tmp_path / "run" / "config.yaml").read_text()
@@ -59,12 +59,10 @@ def test_resume_refuses_changed_model_and_training_settings(tmp_path, capsys):
     edit_yaml(config, model={"r_max": 3.0, "num_features": 4, "species": ["O", "C", "H"]}, training={"lr": 0.01})
     code, err = run_cli(capsys, "train", config, "--resume")
     assert code == 2 and "model.species ['H', 'C', 'O'] -> ['O', 'C', 'H']" in err
-
-
-def test_resume_accepts_changed_lr_when_asked(tmp_path, capsys):
-    config = write_config(tmp_path, training={"epochs": 1})
-    assert main(["train", str(config)]) == 0
-    edit_yaml(config, training={"lr": 0.002, "epochs": 2})
+    # --accept-changes takes a new lr (and uses it), never a changed model
+    edit_yaml(config, model={"species": ["H", "C", "O"]}, training={"lr": 0.002, "epochs": 2})
+    code, err = run_cli(capsys, "train", config, "--resume")
+    assert code == 2 and "--accept-changes takes the new training.lr" in err
     code, err = run_cli(capsys, "train", config, "--resume", "--accept-changes")
     assert code == 0, err
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
