@@ -69,7 +69,7 @@ def run(args) -> int:
         print("nequip-fast train: error: --accept-changes goes with --resume", file=sys.stderr)
         return 2
     config = None
-    signal.signal(signal.SIGTERM, _terminated)  # a batch system's stop: the same clean exit as Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _terminated)  # a batch system's stop: the same clean exit as Ctrl-C
     try:
         config = load_config(args.config)
         if args.output:
@@ -90,7 +90,7 @@ def run(args) -> int:
             print(f"nequip-fast train: {how} before the first epoch finished; nothing was saved", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
