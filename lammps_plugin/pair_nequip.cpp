@@ -82,6 +82,9 @@ void PairNequIP::coeff(int narg, char **arg) {
   const auto &species = model->info().species;
   species_of_type.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; t++) {
+    if (strcmp(arg[2 + t], "NULL") == 0)
+      error->all(FLERR, "pair_coeff: NULL for atom type {}: pair_style nequip needs a model species for every atom "
+                 "type (the model's energy of an atom depends on all its neighbours)", t);
     for (size_t s = 0; s < species.size(); s++)
       if (species[s] == arg[2 + t]) species_of_type[t] = static_cast<int>(s);
     if (species_of_type[t] < 0)

@@ -264,6 +264,7 @@ run 1000
 
 ERROR_CASES = {
     "unknown species": (dict(types=["Cu", "Fe"]), "species 'Fe' (atom type 2) is not in model"),
+    "NULL type": (dict(types=["Cu", "NULL"]), "NULL for atom type 2"),
     "wrong species count": (dict(types=["Cu"]), "needs one model species per atom type: 2 type(s), got 1"),
     "missing file": (dict(model="missing.pt2"), "does not exist"),
     "other torch": (dict(model="other_torch.pt2"), "was deployed with torch 1.13.1"),
