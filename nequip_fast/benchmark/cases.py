@@ -12,7 +12,7 @@ import torch
 
 from ..data import AtomicGraph
 from ..model import ModelConfig, Potential, build_model
-from . import upstream
+from ..interop import upstream
 
 UPSTREAM = "upstream"
 UPSTREAM_COMPILED = "upstream-compiled"

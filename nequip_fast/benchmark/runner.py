@@ -11,7 +11,8 @@ import torch
 
 import nequip_fast
 
-from . import MEASUREMENTS, upstream
+from . import MEASUREMENTS
+from ..interop import upstream
 from .cases import DEPLOYED, UPSTREAM, UPSTREAM_CASES, Case, conv_layer
 from .cost import conv_cost, measure_peaks
 from .memory import measure_in_subprocess

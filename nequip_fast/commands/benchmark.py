@@ -73,7 +73,7 @@ def _model_keys(args) -> dict:
 
 
 def _cases(args, device) -> tuple[str, ...]:
-    from nequip_fast.benchmark import upstream
+    from nequip_fast.interop import upstream
     from nequip_fast.benchmark.cases import DEPLOYED, UPSTREAM, UPSTREAM_COMPILED
     from nequip_fast.benchmark.runner import default_backends
 
