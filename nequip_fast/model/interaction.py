@@ -17,10 +17,13 @@ def _path_exists(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, ir_out: o3.Irrep) -
 
 
 class InteractionBlock(torch.nn.Module):
-    """``x -> linear_2(conv(linear_1(x)) / sqrt(avg_num_neighbors)) + self_connection(x, attrs)``."""
+    """``x -> linear_2(conv(linear_1(x)) / sqrt(avg_num_neighbors)) + self_connection(x, attrs)``.
+
+    Per-species ``avg_num_neighbors`` (a sequence) divide each sender's features by its species'
+    value before the sum, as upstream does."""
 
     def __init__(self, irreps_in, irreps_out, irreps_sh, irreps_attrs, num_basis: int,
-                 mlp_depth: int, mlp_width: int, avg_num_neighbors: float, conv_backend: str):
+                 mlp_depth: int, mlp_width: int, avg_num_neighbors, conv_backend: str):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
@@ -29,7 +32,10 @@ class InteractionBlock(torch.nn.Module):
         self.radial_mlp = RadialMLP([num_basis] + mlp_depth * [mlp_width] + [descriptor.weight_numel])
         self.linear_2 = o3.Linear(descriptor.irreps_out.simplify(), self.irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_attrs, self.irreps_out)
-        self.norm = 1.0 / math.sqrt(avg_num_neighbors)
+        per_species = not isinstance(avg_num_neighbors, (int, float))
+        self.norm = 1.0 if per_species else 1.0 / math.sqrt(avg_num_neighbors)
+        self.register_buffer("sender_norm", torch.tensor([[1.0 / math.sqrt(n)] for n in avg_num_neighbors])
+                             if per_species else None, persistent=False)
 
     def forward(self, x, attrs, sh, radial, edge_index, graph, ghosts=None):
         """``x``, ``attrs``: local atoms. ``radial`` has a row per edge, or per pair of paired edges
@@ -37,6 +43,8 @@ class InteractionBlock(torch.nn.Module):
         ``ghosts``: fill ghost atoms' inputs from their owners before the convolution (``ops.exchange``)."""
         sc = self.self_connection(x, attrs)
         h = self.linear_1(x)
+        if self.sender_norm is not None:
+            h = h * (attrs @ self.sender_norm)  # local senders; ghosts receive their owners' rows
         if ghosts is not None:
             h = ghost_exchange(h, ghosts)
         h = self.conv(h, sh, self.radial_mlp(radial), edge_index, graph)

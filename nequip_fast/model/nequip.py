@@ -9,13 +9,19 @@ import torch
 from e3nn import o3
 
 from .config import ModelConfig
+from ..ops.exchange import ghost_exchange
 from .interaction import ConvNetLayer
 from .radial import RadialEmbedding
+from .readout import build_readout
+from .zbl import ZBL
 
 
 def hidden_irreps(cfg: ModelConfig) -> o3.Irreps:
-    parities = (1, -1) if cfg.parity else (1,)
-    return o3.Irreps([(cfg.num_features, (l, p)) for p in parities for l in range(cfg.l_max + 1)])
+    """``parity`` true: both parities of every l; "natural": (-1)^l only; false: even only (SO(3))."""
+    if cfg.parity == "natural":
+        return o3.Irreps([(n, (l, (-1) ** l)) for l, n in enumerate(cfg.features_per_l)])
+    parities = (1, -1) if cfg.parity is True else (1,)
+    return o3.Irreps([(n, (l, p)) for p in parities for l, n in enumerate(cfg.features_per_l)])
 
 
 class NequIPEnergy(torch.nn.Module):
@@ -24,13 +30,15 @@ class NequIPEnergy(torch.nn.Module):
         num_species = len(cfg.species)
         self.num_species = num_species
         irreps_attrs = o3.Irreps(f"{num_species}x0e")
-        self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.l_max, p=-1 if cfg.parity else 1)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.l_max, p=1 if cfg.parity is False else -1)
         self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
-        self.radial = RadialEmbedding(cfg.r_max, cfg.num_bessels, cfg.bessel_trainable, cfg.polynomial_p)
-        self.embedding = o3.Linear(irreps_attrs, o3.Irreps(f"{cfg.num_features}x0e"))
+        self.radial = RadialEmbedding(cfg.r_max, cfg.num_bessels, cfg.bessel_trainable, cfg.polynomial_p,
+                                      cfg.per_edge_type_cutoff)
+        self.embedding = o3.Linear(irreps_attrs, o3.Irreps(f"{cfg.embed_features}x0e"))
 
         # The readout reads scalars only, so the last layer computes only the paths to scalars (as upstream).
-        hidden = [hidden_irreps(cfg)] * (cfg.num_layers - 1) + [o3.Irreps(f"{cfg.num_features}x0e")]
+        scalars = cfg.features_per_l[0]
+        hidden = [hidden_irreps(cfg)] * (cfg.num_layers - 1) + [o3.Irreps(f"{scalars}x0e")]
         irreps, layers = self.embedding.irreps_out, []
         for irreps_hidden in hidden:
             layer = ConvNetLayer(
@@ -41,14 +49,18 @@ class NequIPEnergy(torch.nn.Module):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = torch.nn.ModuleList(layers)
-        self.readout = torch.nn.Sequential(
-            o3.Linear(irreps, o3.Irreps(f"{cfg.readout_features}x0e")),
-            o3.Linear(o3.Irreps(f"{cfg.readout_features}x0e"), o3.Irreps("0e")),
-        )
-        shifts = cfg.per_species_shifts or (0.0,) * num_species
-        scales = cfg.per_species_scales or (1.0,) * num_species
-        self.register_buffer("shifts", torch.tensor(shifts, dtype=torch.get_default_dtype()))
-        self.register_buffer("scales", torch.tensor(scales, dtype=torch.get_default_dtype()))
+        self.readout = build_readout(scalars, cfg.readout_mlp_depth, cfg.readout_features, cfg.readout_nonlinearity)
+        shifts = torch.tensor(cfg.per_species_shifts or (0.0,) * num_species, dtype=torch.get_default_dtype())
+        scales = torch.tensor(cfg.per_species_scales or (1.0,) * num_species, dtype=torch.get_default_dtype())
+        for name, value, trainable in (("shifts", shifts, cfg.per_species_shifts_trainable),
+                                       ("scales", scales, cfg.per_species_scales_trainable)):
+            if trainable:
+                setattr(self, name, torch.nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+        self.zbl = ZBL(cfg.species, cfg.r_max, cfg.per_edge_type_cutoff, cfg.zbl_units,
+                       cfg.zbl_polynomial_p) if cfg.zbl else None
+        self.needs_edge_species = bool(cfg.per_edge_type_cutoff) or cfg.zbl  # neighbours' species, ghosts too
 
     @property
     def exchange_width(self) -> int:
@@ -71,11 +83,23 @@ class NequIPEnergy(torch.nn.Module):
         num_atoms = nlocal if ghosts is None else nlocal + ghosts.shape[0]
         attrs = torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype)
         sh = self.spherical_harmonics(edge_vec)
+        paired = paired and self.radial.cutoffs.symmetric
         lengths = torch.linalg.vector_norm(edge_vec[: edge_vec.shape[0] // 2] if paired else edge_vec, dim=-1)
-        radial = self.radial(lengths)
+        edge_species = self._all_species(species, ghosts, edge_vec.dtype) if self.needs_edge_species else None
+        radial = self.radial(lengths, edge_species, edge_index)
         graph = self.layers[0].block.conv.prepare(edge_index, num_atoms)  # once per forward, for every layer
         x = self.embedding(attrs)
         for layer in self.layers:
             x = layer(x, attrs, sh, radial, edge_index, graph, ghosts)
         atomic = self.readout(x).squeeze(-1)
-        return atomic * self.scales[species] + self.shifts[species]
+        atomic = atomic * self.scales[species] + self.shifts[species]
+        if self.zbl is not None:
+            atomic = atomic + self.zbl(torch.linalg.vector_norm(edge_vec, dim=-1), edge_species, edge_index, nlocal)
+        return atomic
+
+    @staticmethod
+    def _all_species(species: torch.Tensor, ghosts: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """Species of local and ghost atoms (the ghosts' from their owners, by one ghost exchange)."""
+        if ghosts is None:
+            return species
+        return ghost_exchange(species.to(dtype).unsqueeze(1), ghosts).squeeze(1).round().long()

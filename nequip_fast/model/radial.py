@@ -1,39 +1,66 @@
-"""Edge length encoding: Bessel functions times a smooth polynomial cutoff (upstream NequIP's)."""
+"""Edge length encoding: Bessel functions times a smooth polynomial cutoff (upstream NequIP's).
+
+Both act on the normalised length ``x = r / r_c``, where the cutoff ``r_c`` is ``r_max`` or, with
+per-edge-type cutoffs, the cutoff of the edge's (centre, neighbour) species pair (upstream's rule).
+"""
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from e3nn.math import normalize2mom
 
 
+class EdgeCutoffs(torch.nn.Module):
+    """``r / r_c`` per edge: ``r_c`` is ``r_max``, or the (centre, neighbour) species pair's cutoff."""
+
+    def __init__(self, r_max: float, per_edge_type_cutoff: Sequence[Sequence[float]] = ()):
+        super().__init__()
+        self.r_max = float(r_max)
+        self.num_species = len(per_edge_type_cutoff)
+        # symmetric cutoffs keep both edges of a pair alike, so the radial networks may run once per pair
+        self.symmetric = all(per_edge_type_cutoff[a][b] == per_edge_type_cutoff[b][a]
+                             for a in range(self.num_species) for b in range(self.num_species))
+        inverse = torch.tensor(per_edge_type_cutoff, dtype=torch.float64).reciprocal().reshape(-1)
+        self.register_buffer("inverse", inverse.to(torch.get_default_dtype()) if self.num_species else None,
+                             persistent=False)  # derived from the config
+
+    def forward(self, r: torch.Tensor, species: Optional[torch.Tensor] = None,
+                edge_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``edge_index`` may hold more edges than ``r``: its first ``len(r)`` belong to ``r``."""
+        if self.inverse is None:
+            return r * (1.0 / self.r_max)
+        types = species[edge_index[:, : r.shape[0]]]
+        return r * self.inverse[types[0] * self.num_species + types[1]]
+
+
 class BesselBasis(torch.nn.Module):
-    """``2/r_max * sin(n pi r / r_max) / r`` for n = 1..num_basis, frequencies optionally trainable."""
+    """``2/r_max * sin(n pi x) / (x r_max)`` of ``x = r / r_c`` for n = 1..num_basis (for ``r_c = r_max``:
+    ``2/r_max * sin(n pi r / r_max) / r``), frequencies ``n pi`` optionally trainable."""
 
     def __init__(self, r_max: float, num_basis: int = 8, trainable: bool = True):
         super().__init__()
         self.r_max = float(r_max)
-        self.prefactor = 2.0 / self.r_max
+        self.prefactor = 2.0 / (self.r_max * self.r_max)
         weights = torch.linspace(1.0, num_basis, num_basis) * math.pi
         if trainable:
             self.bessel_weights = torch.nn.Parameter(weights)
         else:
             self.register_buffer("bessel_weights", weights)
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        r = r.unsqueeze(-1)
-        return self.prefactor * torch.sin(self.bessel_weights * r / self.r_max) / r
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(-1)
+        return self.prefactor * torch.sin(self.bessel_weights * x) / x
 
 
 class PolynomialCutoff(torch.nn.Module):
-    """Envelope that goes to zero at r_max with p continuous derivatives (Klicpera et al., DimeNet)."""
+    """Envelope of ``x = r / r_c`` that goes to zero at x = 1 with p continuous derivatives
+    (Klicpera et al., DimeNet)."""
 
-    def __init__(self, r_max: float, p: int = 6):
+    def __init__(self, p: float = 6):
         super().__init__()
-        self.r_max = float(r_max)
         self.p = float(p)
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        x = r / self.r_max
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.p
         out = (
             1.0
@@ -45,13 +72,17 @@ class PolynomialCutoff(torch.nn.Module):
 
 
 class RadialEmbedding(torch.nn.Module):
-    def __init__(self, r_max: float, num_basis: int, trainable: bool, p: int):
+    def __init__(self, r_max: float, num_basis: int, trainable: bool, p: int,
+                 per_edge_type_cutoff: Sequence[Sequence[float]] = ()):
         super().__init__()
+        self.cutoffs = EdgeCutoffs(r_max, per_edge_type_cutoff)
         self.basis = BesselBasis(r_max, num_basis, trainable)
-        self.cutoff = PolynomialCutoff(r_max, p)
+        self.cutoff = PolynomialCutoff(p)
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return self.basis(r) * self.cutoff(r).unsqueeze(-1)
+    def forward(self, r: torch.Tensor, species: Optional[torch.Tensor] = None,
+                edge_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.cutoffs(r, species, edge_index)
+        return self.basis(x) * self.cutoff(x).unsqueeze(-1)
 
 
 class RadialMLP(torch.nn.Module):
