@@ -7,7 +7,6 @@ Import only files you trust, as you would load them with upstream NequIP itself.
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,15 +72,16 @@ def load_upstream(path: str | Path, model_key: str = "sole_model") -> torch.nn.M
     return model.eval()
 
 
-def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A float64 copy of an upstream model: tensors cast, and every stored dtype that modules cast
-    their outputs to (``model_dtype``, ``_output_dtype``, ...) set to float64."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        for name, value in list(vars(module).items()):
-            if value is torch.float32:
-                setattr(module, name, torch.float64)
-    return model.double()
+def float64_twin(up_model: torch.nn.Module, cfg: ModelConfig) -> torch.nn.Module:
+    """Upstream's model of ``cfg`` built in float64 with the weights of ``up_model``: a float32 model
+    cast to float64 would keep its float32-rounded constants (Clebsch-Gordan, normalisations)."""
+    twin = upstream.build(ModelConfig.from_dict({**cfg.to_dict(), "dtype": "float64"}))
+    try:
+        twin.load_state_dict(up_model.state_dict())
+    except RuntimeError as exc:
+        raise ImportFailed(f"upstream's own float64 build of the imported config does not take the file's "
+                           f"weights, so the config was misread: {exc}") from exc
+    return twin.eval()
 
 
 def probe_structure(species: Sequence[str], r_max: float, seed: int = 0) -> Atoms:
@@ -118,21 +118,27 @@ def compare(up_model: torch.nn.Module, model: Potential, atoms: Atoms) -> Check:
 
 def convert(up_model: torch.nn.Module, species: Optional[Sequence[str]] = None, dtype: Optional[str] = None,
             conv_backend: str = "auto", seed: int = 0) -> tuple[Potential, list[Check]]:
-    """The nequip_fast model of an upstream model, and its checks: float64 (both models cast),
-    and, for a float32 model, float32 against the model as it was."""
+    """The nequip_fast model of an upstream model, and its checks: float64 (for a float32 model,
+    against upstream's float64 build with its weights), and, for a float32 model, float32 against
+    the model as it was."""
     cfg = upstream.config_from_upstream(up_model, species, dtype, conv_backend)
-    model64 = build_model(ModelConfig.from_dict({**cfg.to_dict(), "dtype": "float64"}))
-    upstream.transfer_weights(up_model, model64)
-    up64 = float64_copy(up_model)
+    with upstream.e3nn_eager():
+        model64 = build_model(ModelConfig.from_dict({**cfg.to_dict(), "dtype": "float64"}))
+    native = str(getattr(up_model, "model_dtype", torch.float64)).replace("torch.", "")
+    up64 = up_model if native == "float64" else float64_twin(up_model, cfg)
+    upstream.transfer_weights(up64, model64)  # from float64: upstream's MLP constants are in the model dtype
     atoms = probe_structure(cfg.species, cfg.r_max, seed)
     checks = [compare(up64, model64, atoms)]
     if checks[0].worst > TOLERANCE:
         raise ImportFailed(f"the imported model differs from upstream's: {checks[0].line()} > {TOLERANCE:g}; "
                            "please report this with the model's config")
-    model = build_model(cfg)
-    model.load_state_dict({k: v.to(model.dtype) if v.is_floating_point() else v
-                           for k, v in model64.state_dict().items()})
-    native = str(getattr(up_model, "model_dtype", torch.float64)).replace("torch.", "")
+    if cfg.dtype == "float64":
+        model = model64
+    else:
+        with upstream.e3nn_eager():
+            model = build_model(cfg)
+        model.load_state_dict({k: v.to(model.dtype) if v.is_floating_point() else v
+                               for k, v in model64.state_dict().items()})
     if native != "float64" and cfg.dtype == native:
         checks.append(compare(up_model, model, atoms))
     return model, checks

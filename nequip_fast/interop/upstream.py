@@ -21,6 +21,7 @@ Where the two differ in parametrisation (not in function), the transfer absorbs 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 from typing import Callable, Hashable, Optional, Sequence
@@ -57,6 +58,20 @@ def _global_state() -> None:
     previous = torch.get_default_dtype()
     set_global_state()  # upstream requires it; it also sets the default dtype to float64
     torch.set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def e3nn_eager():
+    """Build e3nn modules without TorchScript (as upstream's builders do): the same functions, built
+    in a fraction of the time."""
+    import e3nn
+
+    previous = e3nn.get_optimization_defaults()["jit_mode"]
+    e3nn.set_optimization_defaults(jit_mode="eager")
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(jit_mode=previous)
 
 
 def build_kwargs(cfg: ModelConfig, seed: int = 0) -> dict:
@@ -174,9 +189,19 @@ def _mlp_layers(mlp_function) -> tuple[list[torch.Tensor], Optional[str]]:
     return weights, names[acts.pop()] if acts else None
 
 
-def _round(value: float) -> float:
-    """A value the upstream model stored as a float64 reciprocal or square: its decimal original."""
-    return float(f"{value:.12g}")
+def _decimals(stored: torch.Tensor, forward: Callable[[float], float], inverse: Callable[[float], float]) -> list[float]:
+    """The numbers a user wrote, from what upstream stored (``forward`` of them in ``stored``'s dtype:
+    a reciprocal, an inverse square root): per element, the shortest decimal that reproduces it
+    exactly, so configs read ``6.0``, not ``5.9999995633``."""
+    values = []
+    for s in stored.detach().reshape(-1):
+        estimate = inverse(float(s.double()))
+        for digits in range(1, 18):
+            value = float(f"{estimate:.{digits}g}")
+            if torch.tensor(forward(value), dtype=s.dtype) == s:
+                break
+        values.append(value)
+    return values
 
 
 def _species(type_names: Sequence[str], species: Optional[Sequence[str]], net) -> tuple[str, ...]:
@@ -224,8 +249,8 @@ def config_from_upstream(model: torch.nn.Module, species: Optional[Sequence[str]
     r_max = float(edge_norm.r_max)
     cutoffs = {}
     if edge_norm._per_edge_type:
-        matrix = edge_norm._rmax_recip.detach().double().reshape(num_types, num_types).reciprocal()
-        cutoffs = {a: {b: _round(float(matrix[i, j])) for j, b in enumerate(species)} for i, a in enumerate(species)}
+        flat = _decimals(edge_norm._rmax_recip, lambda r: 1.0 / r, lambda x: 1.0 / x)
+        cutoffs = {a: {b: flat[i * num_types + j] for j, b in enumerate(species)} for i, a in enumerate(species)}
     bessel = net.bessel_encode
     factor = float(net.factor.factor)
     if not math.isclose(factor, 2 * math.pi / r_max ** 2, rel_tol=1e-12):
@@ -253,8 +278,8 @@ def config_from_upstream(model: torch.nn.Module, species: Optional[Sequence[str]
         dims = layer.conv.edge_mlp.dims
         radial_depth.add(len(dims) - 2)
         radial_width.add(dims[1] if len(dims) > 2 else None)
-        norm = layer.conv.avg_num_neighbors_norm.norm_const.detach().double().reshape(-1)
-        avg.add(tuple(_round(float(v)) for v in norm.pow(-2)))
+        avg.add(tuple(_decimals(layer.conv.avg_num_neighbors_norm.norm_const,
+                                lambda n: 1.0 / math.sqrt(n), lambda c: c ** -2)))
     if len(radial_depth) > 1 or len(radial_width) > 1:
         raise UnsupportedModel("layers with different radial MLP depths or widths")
     if len(avg) > 1:
@@ -290,7 +315,8 @@ def config_from_upstream(model: torch.nn.Module, species: Optional[Sequence[str]
         "species": list(species), "r_max": r_max, "per_edge_type_cutoff": cutoffs, "num_layers": len(layers),
         "l_max": l_max, "parity": parity,
         "num_features": num_features[0] if len(set(num_features)) == 1 else list(num_features),
-        "type_embed_num_features": int(embed.embed_module.embedding_dim),
+        "type_embed_num_features": None if embed.embed_module.embedding_dim == num_features[0]
+        else int(embed.embed_module.embedding_dim),
         "num_bessels": int(bessel.num_bessels), "bessel_trainable": isinstance(bessel.bessel_weights, torch.nn.Parameter),
         "polynomial_p": _integer(bessel.cutoff.p, "polynomial_cutoff_p"),
         "radial_mlp_depth": depth, **({"radial_mlp_width": width} if depth else {}),
