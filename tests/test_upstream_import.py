@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import e3nn
 import numpy as np
 import pytest
 import torch
@@ -65,7 +66,9 @@ def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 @pytest.mark.parametrize("name", GRID)
 def test_grid_of_upstream_models_imports_exactly(name):
     cfg = grid_config(GRID[name])
+    state = e3nn.get_optimization_defaults(), torch.get_default_dtype()
     up = upstream.build(cfg, seed=1)
+    assert (e3nn.get_optimization_defaults(), torch.get_default_dtype()) == state  # upstream's globals undone
     assert upstream.config_from_upstream(up) == cfg  # every option read back from upstream's modules
     model, checks = convert(perturbed(up, seed=2))
     assert model.config.to_dict() | {"per_species_shifts": [], "per_species_scales": []} == \
@@ -80,18 +83,18 @@ def test_grid_of_upstream_models_imports_exactly(name):
 def test_unrepresentable_upstream_options_are_errors_naming_them():
     from nequip.model import NequIPGNNModel
 
-    upstream._global_state()
     cfg = grid_config(dict(species=["Cu", "Ni"], l_max=1, num_features=4))
     kwargs = upstream.build_kwargs(cfg)
-    resnet = NequIPGNNModel(**{**kwargs, "num_layers": 3, "parity": False}, convnet_resnet=True)
+    with upstream.upstream_state():
+        resnet = NequIPGNNModel(**{**kwargs, "num_layers": 3, "parity": False}, convnet_resnet=True)
+        ssp = NequIPGNNModel(**{**kwargs, "readout_mlp_hidden_layers_depth": 1, "readout_mlp_hidden_layers_width": 4,
+                                "readout_mlp_nonlinearity": "ssp"})
+        renamed = NequIPGNNModel(**{**kwargs, "type_names": ["A1", "B2"], "per_type_energy_scales": None,
+                                    "per_type_energy_shifts": None})
     with pytest.raises(upstream.UnsupportedModel, match="convnet_resnet"):
         upstream.config_from_upstream(resnet)
-    ssp = NequIPGNNModel(**{**kwargs, "readout_mlp_hidden_layers_depth": 1, "readout_mlp_hidden_layers_width": 4,
-                            "readout_mlp_nonlinearity": "ssp"})
     with pytest.raises(upstream.UnsupportedModel, match="ShiftedSoftplus"):
         upstream.config_from_upstream(ssp)
-    renamed = NequIPGNNModel(**{**kwargs, "type_names": ["A1", "B2"], "per_type_energy_scales": None,
-                                "per_type_energy_shifts": None})
     with pytest.raises(upstream.UnsupportedModel, match="--species"):
         upstream.config_from_upstream(renamed)
     assert upstream.config_from_upstream(renamed, species=["Cu", "Ni"]).species == ("Cu", "Ni")
@@ -241,3 +244,20 @@ def test_import_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "could not load" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_imported_model_deploys(upstream_files):
+    """The deployed file of an imported model (natural parity, uneven, cutoffs, ZBL) computes what it does."""
+    root, ckpt, _ = upstream_files
+    model_file, pt2 = root / "deploy_me.pt", root / "deployed.pt2"
+    assert main(["import", str(ckpt), "-o", str(model_file)]) == 0
+    assert main(["deploy", str(model_file), str(pt2)]) == 0
+    atoms = emt_frames(1, seed=9)[0]
+    results = []
+    for path in (model_file, pt2):
+        atoms.calc = NequIPCalculator(str(path))
+        results.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    (e1, f1, s1), (e2, f2, s2) = results
+    assert abs(e1 - e2) < 1e-10 * abs(e1)
+    np.testing.assert_allclose(f2, f1, atol=1e-10 * np.abs(f1).max())
+    np.testing.assert_allclose(s2, s1, atol=1e-10 * np.abs(s1).max())

@@ -59,16 +59,12 @@ def load_upstream(path: str | Path, model_key: str = "sole_model") -> torch.nn.M
         raise FileNotFoundError(f"upstream model file {path} does not exist")
     from nequip.model.saved_models.load_utils import load_saved_model
 
-    upstream._global_state()
-    previous = torch.get_default_dtype()
     try:
-        with warnings.catch_warnings():
+        with upstream.upstream_state(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # upstream's loaders warn about packaging internals
             model = load_saved_model(str(path), model_key=model_key)
     except Exception as exc:
         raise ImportFailed(f"upstream NequIP could not load {path}: {type(exc).__name__}: {exc}") from exc
-    finally:
-        torch.set_default_dtype(previous)
     return model.eval()
 
 
@@ -122,8 +118,7 @@ def convert(up_model: torch.nn.Module, species: Optional[Sequence[str]] = None, 
     against upstream's float64 build with its weights), and, for a float32 model, float32 against
     the model as it was."""
     cfg = upstream.config_from_upstream(up_model, species, dtype, conv_backend)
-    with upstream.e3nn_eager():
-        model64 = build_model(ModelConfig.from_dict({**cfg.to_dict(), "dtype": "float64"}))
+    model64 = build_model(ModelConfig.from_dict({**cfg.to_dict(), "dtype": "float64"}))
     native = str(getattr(up_model, "model_dtype", torch.float64)).replace("torch.", "")
     up64 = up_model if native == "float64" else float64_twin(up_model, cfg)
     upstream.transfer_weights(up64, model64)  # from float64: upstream's MLP constants are in the model dtype
@@ -135,8 +130,7 @@ def convert(up_model: torch.nn.Module, species: Optional[Sequence[str]] = None, 
     if cfg.dtype == "float64":
         model = model64
     else:
-        with upstream.e3nn_eager():
-            model = build_model(cfg)
+        model = build_model(cfg)
         model.load_state_dict({k: v.to(model.dtype) if v.is_floating_point() else v
                                for k, v in model64.state_dict().items()})
     if native != "float64" and cfg.dtype == native:

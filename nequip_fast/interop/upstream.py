@@ -52,26 +52,33 @@ def version() -> str:
     return nequip.__version__
 
 
-def _global_state() -> None:
+@contextlib.contextmanager
+def upstream_state():
+    """Run upstream code (builders, loaders) under upstream's global state, then restore this
+    process's: ``set_global_state`` sets the default dtype and reseeds torch, and upstream's builders
+    leave e3nn set to TorchScript its modules (slow to build, and they do not export with dynamic
+    sizes), besides torch.jit/dynamo/multiprocessing settings."""
+    import e3nn
     from nequip.utils.global_state import set_global_state
 
-    previous = torch.get_default_dtype()
-    set_global_state()  # upstream requires it; it also sets the default dtype to float64
-    torch.set_default_dtype(previous)
-
-
-@contextlib.contextmanager
-def e3nn_eager():
-    """Build e3nn modules without TorchScript (as upstream's builders do): the same functions, built
-    in a fraction of the time."""
-    import e3nn
-
-    previous = e3nn.get_optimization_defaults()["jit_mode"]
-    e3nn.set_optimization_defaults(jit_mode="eager")
+    dtype, rng = torch.get_default_dtype(), torch.random.get_rng_state()
+    e3nn_defaults = e3nn.get_optimization_defaults()
+    dynamo = {k: getattr(torch._dynamo.config, k) for k in ("capture_dynamic_output_shape_ops", "capture_scalar_outputs")}
+    sharing = torch.multiprocessing.get_sharing_strategy()
+    fusion = torch.jit.set_fusion_strategy([("STATIC", 2), ("DYNAMIC", 10)])  # returns the current one
+    torch.jit.set_fusion_strategy(fusion)
     try:
+        set_global_state()
         yield
     finally:
-        e3nn.set_optimization_defaults(jit_mode=previous)
+        torch.set_default_dtype(dtype)
+        torch.random.set_rng_state(rng)
+        e3nn.set_optimization_defaults(jit_script_fx=e3nn_defaults["jit_script_fx"])  # legacy flag first: it moves jit_mode
+        e3nn.set_optimization_defaults(**{k: v for k, v in e3nn_defaults.items() if k != "jit_script_fx"})
+        for key, value in dynamo.items():
+            setattr(torch._dynamo.config, key, value)
+        torch.multiprocessing.set_sharing_strategy(sharing)
+        torch.jit.set_fusion_strategy(fusion)
 
 
 def build_kwargs(cfg: ModelConfig, seed: int = 0) -> dict:
@@ -114,8 +121,9 @@ def build(cfg: ModelConfig, compile: bool = False, seed: int = 0) -> torch.nn.Mo
     train-time ``torch.compile`` mode)."""
     from nequip.model import NequIPGNNModel
 
-    _global_state()
-    return NequIPGNNModel(**build_kwargs(cfg, seed), compile_mode="compile" if compile else "eager")
+    kwargs = build_kwargs(cfg, seed)
+    with upstream_state():
+        return NequIPGNNModel(**kwargs, compile_mode="compile" if compile else "eager")
 
 
 def graph_data(graph: AtomicGraph) -> dict[str, torch.Tensor]:
