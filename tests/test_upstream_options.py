@@ -171,3 +171,21 @@ def test_config_round_trip_and_errors():
                        (dict(avg_num_neighbors=[1.0, 2.0]), "avg_num_neighbors")):
         with pytest.raises((ValueError, TypeError), match=words):
             ModelConfig.from_dict(small_config(**bad))
+
+
+def test_subdomains_with_ghosts_equal_whole_structure():
+    """Per-edge-type cutoffs and ZBL need the neighbours' species: ghosts get theirs by the exchange."""
+    from nequip_fast.deploy.domains import decompose, evaluate
+    from nequip_fast.deploy.export import EdgePotential
+    from test_domains import crystal
+
+    model = model_with(seed=6, species=["Cu", "O"], r_max=4.0, per_edge_type_cutoff={"Cu": {"O": 3.0}, "O": 3.5},
+                       zbl=True, avg_num_neighbors={"Cu": 12.0, "O": 8.0}, parity="natural", l_max=2)
+    program, atoms = EdgePotential(model), crystal()
+    whole = evaluate(program, decompose(atoms, model.species, model.r_max, (1, 1, 1)), torch.float64)
+    parts = decompose(atoms, model.species, model.r_max, (2, 2, 1))
+    split = evaluate(program, parts, torch.float64)
+    assert parts.ghosts.shape[0] > 0
+    assert abs(split.energy - whole.energy) <= 1e-10 * abs(whole.energy)
+    for key in ("atomic_energy", "forces", "virial"):
+        torch.testing.assert_close(getattr(split, key), getattr(whole, key), rtol=1e-10, atol=1e-10, msg=key)
