@@ -1,0 +1,111 @@
+"""Upstream NequIP training, accelerated in place: upstream's tensor product + scatter
+(``nequip.nn.TensorProductScatter``) replaced by nequip_fast's fused convolution, the way upstream's
+own ``enable_OpenEquivariance`` modifier swaps in its kernel. The model, its weights, its state dict
+and its numbers stay upstream's.
+
+From Python: ``enable_nequip_fast(model)``. From an upstream config, wrap the model builder::
+
+    training_module:
+      model:
+        _target_: nequip_fast.interop.accelerate.enable_nequip_fast
+        model:
+          _target_: nequip.model.NequIPGNNModel
+          ...
+
+Like upstream's acceleration modifiers it is not persistent: when upstream rebuilds a model to
+package or compile it (``nequip-package``, ``nequip-compile``), the plain upstream model is built,
+so packaged files carry no nequip_fast code.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Union
+
+import torch
+
+from ..ops import ConvDescriptor, TensorProductConv
+
+log = logging.getLogger(__name__)
+
+
+class FusedTensorProductScatter(torch.nn.Module):
+    """Drop-in for upstream's ``TensorProductScatter``: ``scatter_dst(TP_uvu(x[src], edge_attr, w))``
+    computed by one fused op (no per-edge output tensor)."""
+
+    def __init__(self, old: torch.nn.Module, backend: str = "auto"):
+        super().__init__()
+        tp = old.tp
+        self.feature_irreps_in, self.irreps_edge_attr = old.feature_irreps_in, old.irreps_edge_attr
+        self.irreps_mid, self.instructions, self.model_dtype = old.irreps_mid, old.instructions, old.model_dtype
+        if any(ins.connection_mode != "uvu" or not ins.has_weight for ins in tp.instructions) or tp.shared_weights:
+            raise ValueError("nequip_fast accelerates uvu tensor products with per-edge weights only")
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(old.model_dtype)  # e3nn constants in the model's dtype, as upstream builds them
+        try:
+            descriptor = ConvDescriptor(tp.irreps_in1, tp.irreps_in2, tp.irreps_out,
+                                        tuple((ins.i_in1, ins.i_in2, ins.i_out) for ins in tp.instructions))
+            self.conv = TensorProductConv(descriptor, backend)
+        finally:
+            torch.set_default_dtype(previous)
+        ours = [ins.path_weight for ins in self.conv.tp.instructions]
+        if ours != [ins.path_weight for ins in tp.instructions]:
+            raise ValueError("upstream's tensor product uses another path normalisation than nequip_fast's")
+        self.tp = tp  # kept, as upstream's modifiers do: the state dict stays the same with or without the swap
+        # ... so the fused op's own e3nn module (its reference backend) stays out of it
+        self._register_state_dict_hook(_drop_conv_tp)
+        self.register_load_state_dict_pre_hook(_fill_conv_tp)
+
+    def forward(self, x, edge_attr, edge_weight, edge_dst, edge_src):
+        edge_index = torch.stack((edge_dst, edge_src))  # row 0: receiver
+        dtype = self.model_dtype
+        return self.conv(x.to(dtype), edge_attr.to(dtype), edge_weight.to(dtype), edge_index)
+
+
+def _drop_conv_tp(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "conv.tp.")]:
+        del state_dict[key]
+
+
+def _fill_conv_tp(module, state_dict, prefix, *args):
+    for key, value in module.conv.tp.state_dict().items():
+        state_dict.setdefault(f"{prefix}conv.tp.{key}", value)
+
+
+def accelerate(model: torch.nn.Module, backend: str = "auto") -> torch.nn.Module:
+    """Replace every upstream ``TensorProductScatter`` in ``model`` (in place); returns ``model``."""
+    count = 0
+
+    def swap(module: torch.nn.Module) -> None:
+        nonlocal count
+        for name, child in list(module.named_children()):
+            if type(child).__name__ == "TensorProductScatter":
+                module._modules[name] = FusedTensorProductScatter(child, backend)
+                count += 1
+            else:
+                swap(child)
+
+    swap(model)
+    if count == 0:
+        raise ValueError("no upstream TensorProductScatter found: is this an upstream NequIP 0.19 model?")
+    log.info("nequip_fast: fused convolution (%s) in %d upstream tensor-product layers", backend, count)
+    return model
+
+
+def enable_nequip_fast(model: Union[torch.nn.Module, Mapping[str, Any]], backend: str = "auto") -> torch.nn.Module:
+    """Accelerate an upstream model, or build one from its config (a mapping with ``_target_``, as in
+    an upstream YAML) and accelerate it. When upstream builds for packaging or compiling (only
+    persistent modifiers apply), the model is returned as built, like upstream's own accelerations."""
+    if not isinstance(model, torch.nn.Module):
+        from hydra.utils import get_method
+
+        config = dict(model)
+        model = get_method(config.pop("_target_"))(**config)
+    from nequip.model.modify_utils import _ONLY_APPLY_PERSISTENT
+
+    if _ONLY_APPLY_PERSISTENT.get():
+        return model
+    if isinstance(model, torch.nn.ModuleDict):
+        for sub in model.values():
+            accelerate(sub, backend)
+        return model
+    return accelerate(model, backend)
