@@ -148,6 +148,8 @@ training_module:
     coeffs: {total_energy_mae: 1.0, forces_mae: 1.0, stress_mae: 1.0}
   optimizer: {_target_: torch.optim.Adam, lr: 0.01}
   model:
+   _target_: nequip_fast.interop.accelerate.enable_nequip_fast
+   model:
     _target_: nequip.model.NequIPGNNModel
     seed: ${seed}
     model_dtype: float64
@@ -194,12 +196,15 @@ def run(command: list, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def upstream_files(tmp_path_factory):
     """A checkpoint of a one-epoch ``nequip-train`` run (natural parity, uneven multiplicities,
-    per-edge-type cutoffs, ZBL, two species) and its ``nequip-package`` file."""
+    per-edge-type cutoffs, ZBL, two species) accelerated in place by nequip_fast, and its
+    ``nequip-package`` file (packaged without nequip_fast: the acceleration is not persistent)."""
     root = tmp_path_factory.mktemp("upstream")
     write(root / "data.extxyz", emt_frames(6))
     (root / "tiny.yaml").write_text(TRAIN_CONFIG.replace("DATA", str(root / "data.extxyz")))
     run([str(BIN / "nequip-train"), "-cp", str(root), "-cn", "tiny", f"hydra.run.dir={root / 'out'}"], root)
     ckpt = root / "out" / "last.ckpt"
+    assert "nequip_fast: fused convolution (auto) in 2 upstream tensor-product layers" in \
+        (root / "out" / "train.log").read_text()
     package = root / "tiny.nequip.zip"
     run([str(BIN / "nequip-package"), "build", str(ckpt), str(package)], root)
     return root, ckpt, package
