@@ -77,6 +77,8 @@ class TrainingConfig:
     seed: seeds the model initialisation and the batch order.
     device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N".
     num_threads: CPU threads for torch (null: torch's default).
+    init_from: a model file (nequip_fast model or checkpoint, e.g. from ``nequip-fast import``) to
+        start from: its architecture and weights; new species in the data are added (``train/finetune.py``).
     """
 
     epochs: int = 100
@@ -99,6 +101,7 @@ class TrainingConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: Optional[int] = None
+    init_from: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,11 @@ def load_config(path: str | Path) -> TrainConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     config = parse_config(raw if raw is not None else {})
-    return dataclasses.replace(config, data=_rebase_paths(config.data, path.parent))
+    config = dataclasses.replace(config, data=_rebase_paths(config.data, path.parent))
+    if config.training.init_from and not Path(config.training.init_from).is_absolute():  # relative to the YAML, as data
+        config = dataclasses.replace(config, training=dataclasses.replace(
+            config.training, init_from=str(path.parent / config.training.init_from)))
+    return config
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -18,6 +18,7 @@ from ..model import ModelConfig, Potential, build_model
 from ..model.io import ModelFileError, model_from_state, model_state, read_state
 from . import checkpoint, plots
 from .checkpoint import BEST, LAST
+from . import finetune
 from .config import AUTO, RESUME_ACCEPTABLE, RESUME_FREE, ConfigError, TrainConfig, TrainingConfig, changed_settings
 from .data import Batches, Split, labels_present, load_splits
 from .distributed import (Dist, all_reduce_sum, barrier, broadcast_parameters, close_group, init_from_env,
@@ -202,7 +203,9 @@ def _run(config: TrainConfig, resume: bool, accept_changes: bool, out: Path, ddp
     cfg = config.training
     state = checkpoint.load(out / LAST) if resume else None
 
-    raw_model = state["model_config"] if state else config.model
+    source = finetune.load_source(cfg.init_from, config.model) if cfg.init_from and not state else None
+    raw_model = state["model_config"] if state else (
+        {**source.config.to_dict(), **config.model, "species": None} if source else config.model)
     dtype = getattr(torch, raw_model.get("dtype", ModelConfig.dtype))
     require = ("energy", "forces") if cfg.forces_weight > 0 or raw_model.get("per_species_scales") == AUTO else ("energy",)
     splits, species = load_splits(config.data, require, raw_model.get("species"),
@@ -211,12 +214,18 @@ def _run(config: TrainConfig, resume: bool, accept_changes: bool, out: Path, ddp
     changed: list[str] = []
     if state:
         changed = _check_resume(state, config, out, accept_changes)
-        model_cfg = ModelConfig.from_dict({**state["model_config"],
-                                           "conv_backend": config.model.get("conv_backend", ModelConfig.conv_backend)})
-    else:
-        model_cfg = resolve_model_config(config.model, species, splits["train"].graphs)
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(device)
+    if source is not None:  # fine-tuning: the source's weights, its species then the data's new ones
+        model = finetune.extended_model(source, species, splits["train"].graphs, config.model)
+        for split in splits.values():
+            finetune.remap_species(split.graphs, species, model.species)
+        species, model_cfg = model.species, model.config
+    else:
+        model_cfg = ModelConfig.from_dict({**state["model_config"], "conv_backend": config.model.get(
+            "conv_backend", ModelConfig.conv_backend)}) if state else resolve_model_config(
+            config.model, species, splits["train"].graphs)
+        model = build_model(model_cfg)
+    model = model.to(device)
     trainer = Trainer(model, cfg, splits["train"].graphs, splits["val"].graphs, ddp, device)
     if state:
         try:
