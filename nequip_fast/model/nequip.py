@@ -35,6 +35,8 @@ class NequIPEnergy(torch.nn.Module):
         self.radial = RadialEmbedding(cfg.r_max, cfg.num_bessels, cfg.bessel_trainable, cfg.polynomial_p,
                                       cfg.per_edge_type_cutoff)
         self.embedding = o3.Linear(irreps_attrs, o3.Irreps(f"{cfg.embed_features}x0e"))
+        # both edges of a pair have one radial row unless asymmetric per-edge-type cutoffs tell them apart
+        self.pairable = self.radial.cutoffs.symmetric
 
         # The readout reads scalars only, so the last layer computes only the paths to scalars (as upstream).
         scalars = cfg.features_per_l[0]
@@ -83,7 +85,7 @@ class NequIPEnergy(torch.nn.Module):
         num_atoms = nlocal if ghosts is None else nlocal + ghosts.shape[0]
         attrs = torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype)
         sh = self.spherical_harmonics(edge_vec)
-        paired = paired and self.radial.cutoffs.symmetric
+        paired = paired and self.pairable
         lengths = torch.linalg.vector_norm(edge_vec[: edge_vec.shape[0] // 2] if paired else edge_vec, dim=-1)
         edge_species = self._all_species(species, ghosts, edge_vec.dtype) if self.needs_edge_species else None
         radial = self.radial(lengths, edge_species, edge_index)
