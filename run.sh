@@ -11,10 +11,13 @@ PY="$VENV/bin/python"
 
 setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"
-    "$PY" -m pip install -q --disable-pip-version-check setuptools wheel
     # Keep an installed torch; a bare "torch" requirement would pull a multi-GB CUDA build.
     "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.13.0}"
-    "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e "$1"
+    # A standard install: the build needs no torch, the installed one is kept.
+    "$PY" -m pip install -q --disable-pip-version-check -e "$1"
+    # Compiles the C++ kernels for this torch now (once; cached, see docs/install.rst) and says
+    # which kernel backends work; fails if the CPU kernels do not.
+    "$PY" -m nequip_fast info
 }
 
 case "${1:-}" in

@@ -1,7 +1,6 @@
 // Schemas of the fused convolution ops. Kernels register per device: conv_cpu.cpp for CPU; a
 // CUDA build adds TORCH_LIBRARY_IMPL(nequip_fast, CUDA, m) in csrc/*.cu with the same names.
 // Fake (meta) functions and autograd are registered from Python (nequip_fast/ops/fused.py).
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(nequip_fast, m) {
@@ -17,8 +16,3 @@ TORCH_LIBRARY(nequip_fast, m) {
         "Tensor perm) -> (Tensor, Tensor)");
 }
 
-// Importing nequip_fast._C loads this library, whose static initialisers register the ops.
-extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "nequip_fast fused convolution ops", -1, nullptr};
-  return PyModule_Create(&module);
-}

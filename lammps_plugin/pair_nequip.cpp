@@ -10,6 +10,7 @@
 #include "update.h"
 
 #include "device.h"
+#include "lammps_compat.h"
 #include "model.h"
 
 #include <ATen/ATen.h>
@@ -109,7 +110,7 @@ void PairNequIP::init_style() {
     error->all(FLERR, "pair_style nequip requires 'newton on': forces on ghost atoms are reverse-communicated");
   // Local atoms' neighbours only: messages from ghosts reach local atoms, and the ghosts' own
   // features come from their owners by exchange, so the default ghost cutoff (r_max + skin) suffices.
-  neighbor->add_request(this, NeighConst::REQ_FULL);
+  nequip::request_full_neighbor_list(this, instance_me, neighbor, false);
 }
 
 double PairNequIP::init_one(int, int) { return model->info().r_max; }
@@ -219,7 +220,7 @@ at::Tensor PairNequIP::Exchange::forward(const at::Tensor &local) {
   rows.narrow(0, 0, nlocal).copy_(local);
   pair.comm_rows = rows.data_ptr<double>();
   pair.comm_width = width;
-  pair.comm->forward_comm(&pair, width);  // on every rank: the exchange pairs with the neighbours'
+  nequip::forward_comm(pair.comm, &pair, width);  // on every rank: the exchange pairs with the neighbours'
   pair.comm_rows = nullptr;
   at::Tensor ghosts = at::from_blob(pair.ghost_atoms.data(), {static_cast<int64_t>(pair.ghost_atoms.size())}, at::kLong);
   return at::cat({local, rows.index_select(0, ghosts).to(local.options())});
@@ -236,7 +237,7 @@ at::Tensor PairNequIP::Exchange::reverse(const at::Tensor &all) {
   rows.index_copy_(0, ghosts, host.narrow(0, nlocal, host.size(0) - nlocal));
   pair.comm_rows = rows.data_ptr<double>();
   pair.comm_width = width;
-  pair.comm->reverse_comm(&pair, width);
+  nequip::reverse_comm(pair.comm, &pair, width);
   pair.comm_rows = nullptr;
   return rows.narrow(0, 0, nlocal).to(all.options());
 }

@@ -13,7 +13,8 @@ import nequip_fast
 
 # module paths, imported lazily so that `nequip-fast info` never pays for heavy imports
 COMMANDS = ["nequip_fast.commands.info", "nequip_fast.commands.train", "nequip_fast.commands.evaluate",
-            "nequip_fast.commands.benchmark", "nequip_fast.commands.deploy", "nequip_fast.commands.import_"]
+            "nequip_fast.commands.benchmark", "nequip_fast.commands.deploy", "nequip_fast.commands.import_",
+            "nequip_fast.commands.lammps_plugin"]
 
 
 def build_parser() -> argparse.ArgumentParser:

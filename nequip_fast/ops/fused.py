@@ -11,7 +11,7 @@ per backend covers forward, backward, double backward and beyond. The ops take o
   edge k; then ``edge_grads`` returns the pair sums, the gradient of the shared row.
 
 Backends: ``cpu`` and ``cuda`` are the C++ ops ``nequip_fast::segment_conv``/``edge_grads`` of the
-extension ``nequip_fast._C`` (csrc/; the device picks the kernel, CUDA kernels register in
+library compiled from csrc/ by ``native.py`` (the device picks the kernel, CUDA kernels register in
 csrc/*.cu with ``TORCH_LIBRARY_IMPL(nequip_fast, CUDA, m)``); ``triton`` wraps ``nequip_fast.kernels``
 in Python custom ops ``nequip_fast::triton_segment_conv``/``triton_edge_grads``. Fake functions and
 autograd are registered here, the same for every backend.
@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from . import native
 from .descriptor import ConvDescriptor
 
 TABLE_COLUMNS = 12
@@ -140,10 +141,9 @@ def _register_fake_and_autograd(segment_name: str, edge_name: str) -> Backend:
 
 def _load_native() -> tuple[Optional[Backend], str]:
     try:
-        importlib.import_module("nequip_fast._C")
-    except ImportError as e:
-        return None, (f"the C++ extension nequip_fast._C is not built ({e}); "
-                      "build it with `pip install --no-build-isolation -e .`")
+        native.load()  # compiles csrc/ on first use for this torch (ops/native.py)
+    except RuntimeError as e:
+        return None, str(e)
     torch.library.register_fake("nequip_fast::conv_graph")(
         lambda edge_index, num_nodes: (edge_index.new_empty(2, num_nodes + 1), edge_index.new_empty(edge_index.shape))
     )
@@ -218,8 +218,7 @@ def load_backend(name: str) -> Backend:
     if backend is None:
         raise RuntimeError(f"conv backend {name!r} is unavailable: {reason}")
     if name == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key("nequip_fast::segment_conv", "CUDA"):
-        raise RuntimeError("conv backend 'cuda' is unavailable: nequip_fast._C was built without CUDA kernels "
-                           "(csrc/*.cu needs a CUDA torch and nvcc at build time)")
+        raise RuntimeError(f"conv backend 'cuda' is unavailable: no CUDA kernels built ({native.cuda_archs()[1]})")
     return replace(backend, name=name)
 
 
