@@ -2,12 +2,14 @@
 # One entry point for a fresh clone:
 #   ./run.sh demo   set up .venv, then train a small model on bundled data, evaluate it, run MD
 #   ./run.sh test   set up .venv, then run the whole test suite
-# Set NEQUIP_FAST_VENV to use another virtual environment, TORCH_SPEC to choose the torch to install
+# Set NEQUIP_FAST_VENV to use another virtual environment, NEQUIP_FAST_CACHE_DIR for the compiled kernels, TORCH_SPEC to choose the torch to install
 # when the environment has none (default torch==2.13.0; install a CUDA build yourself for GPUs).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${NEQUIP_FAST_VENV:-.venv}
 PY="$VENV/bin/python"
+# The compiled C++ kernels of this clone (a fresh clone compiles them once, about a minute).
+export NEQUIP_FAST_CACHE_DIR=${NEQUIP_FAST_CACHE_DIR:-$PWD/build/cache}
 
 setup() {
     [ -x "$PY" ] || python3 -m venv "$VENV"

@@ -68,6 +68,7 @@ class TrainingConfig:
         (eV/atom), force components (eV/A) and stress components (eV/A^3, only for data with stress).
     lr_schedule: "plateau" multiplies the lr by ``plateau_factor`` after ``plateau_patience``
         epochs without improvement of ``metric`` (down to ``min_lr``); "constant" keeps it.
+    plateau_patience, plateau_factor, min_lr: the "plateau" schedule's settings (above).
     warmup_steps: the lr rises linearly from lr/warmup_steps to lr over this many steps.
     ema_decay: exponential moving average of the weights used for validation and saved
         models; 0 turns it off.
