@@ -62,22 +62,39 @@ inline void request_full_neighbor_list(LAMMPS_NS::Pair *pair, int instance, LAMM
 #endif
 }
 
-// Forward (owners -> ghosts) and reverse (ghosts summed into owners) communication of a pair
-// style's per-atom data through its pack_/unpack_{forward,reverse}_comm: comm->forward_comm(pair)
-// since 2022, comm->forward_comm_pair(pair) before.
+// Forward (owners -> ghosts) and reverse (ghosts summed into owners) communication of `size`
+// values per atom through the pair style's pack_/unpack_{forward,reverse}_comm:
+// comm->forward_comm(pair, size) since 2022; before, comm->forward_comm_pair(pair), whose size
+// is pair->comm_forward (comm_reverse), set for the call.
 namespace detail {
-template <class C> auto forward_comm(C *comm, LAMMPS_NS::Pair *pair, int) -> decltype(comm->forward_comm(pair), void()) {
-  comm->forward_comm(pair);
+template <class C>
+auto forward_comm(C *comm, LAMMPS_NS::Pair *pair, int size, int) -> decltype(comm->forward_comm(pair, size), void()) {
+  comm->forward_comm(pair, size);
 }
-template <class C> void forward_comm(C *comm, LAMMPS_NS::Pair *pair, long) { comm->forward_comm_pair(pair); }
-template <class C> auto reverse_comm(C *comm, LAMMPS_NS::Pair *pair, int) -> decltype(comm->reverse_comm(pair), void()) {
-  comm->reverse_comm(pair);
+template <class C> void forward_comm(C *comm, LAMMPS_NS::Pair *pair, int size, long) {
+  const int declared = pair->comm_forward;
+  pair->comm_forward = size;
+  comm->forward_comm_pair(pair);
+  pair->comm_forward = declared;
 }
-template <class C> void reverse_comm(C *comm, LAMMPS_NS::Pair *pair, long) { comm->reverse_comm_pair(pair); }
+template <class C>
+auto reverse_comm(C *comm, LAMMPS_NS::Pair *pair, int size, int) -> decltype(comm->reverse_comm(pair, size), void()) {
+  comm->reverse_comm(pair, size);
+}
+template <class C> void reverse_comm(C *comm, LAMMPS_NS::Pair *pair, int size, long) {
+  const int declared = pair->comm_reverse;
+  pair->comm_reverse = size;
+  comm->reverse_comm_pair(pair);
+  pair->comm_reverse = declared;
+}
 }  // namespace detail
 
-inline void forward_comm(LAMMPS_NS::Comm *comm, LAMMPS_NS::Pair *pair) { detail::forward_comm(comm, pair, 0); }
-inline void reverse_comm(LAMMPS_NS::Comm *comm, LAMMPS_NS::Pair *pair) { detail::reverse_comm(comm, pair, 0); }
+inline void forward_comm(LAMMPS_NS::Comm *comm, LAMMPS_NS::Pair *pair, int size) {
+  detail::forward_comm(comm, pair, size, 0);
+}
+inline void reverse_comm(LAMMPS_NS::Comm *comm, LAMMPS_NS::Pair *pair, int size) {
+  detail::reverse_comm(comm, pair, size, 0);
+}
 
 }  // namespace nequip
 

@@ -12,7 +12,9 @@ find_package(Torch REQUIRED)
 set(NEQUIP_FAST_OPS_LIBRARY "" CACHE FILEPATH "the nequip_fast fused conv ops library")
 include("${CMAKE_CURRENT_LIST_DIR}/nequip_lammps_api.cmake")
 target_link_libraries(lammps PRIVATE "${TORCH_LIBRARIES}")
-target_compile_definitions(lammps PRIVATE NEQUIP_FAST_OPS_LIBRARY="${NEQUIP_FAST_OPS_LIBRARY}")
+# on model.cpp alone: a new ops library path (another torch, another cache) recompiles one file
+set_property(SOURCE "${LAMMPS_SOURCE_DIR}/model.cpp" APPEND PROPERTY
+             COMPILE_DEFINITIONS NEQUIP_FAST_OPS_LIBRARY="${NEQUIP_FAST_OPS_LIBRARY}")
 nequip_lammps_api(lammps "${LAMMPS_SOURCE_DIR}")
 get_target_property(nequip_cxx_standard lammps CXX_STANDARD)
 if(nequip_cxx_standard LESS 17)  # libtorch's headers need C++17 (LAMMPS before 2023 asks for C++11)

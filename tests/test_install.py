@@ -102,4 +102,5 @@ def test_cuda_build_needs_an_architecture(monkeypatch, archs, gpu, expected):
     got, reason = native.cuda_archs()
     assert got == expected
     assert (reason == "") == (expected is not None)
-    assert native.variant().endswith("-cpu" if expected is None else "-sm" + expected.replace(".", "").replace(";", "_"))
+    suffix = "-cpu" if expected is None else "-sm" + expected.replace(".", "").replace(";", "_")
+    assert native.variant().endswith(suffix)

@@ -26,8 +26,9 @@ def source_lammps():
     missing = [tool for tool in ("apt-get", "cmake", "make", "tar") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"building LAMMPS from source needs {', '.join(missing)}")
-    done = subprocess.run(["bash", str(ROOT / "tools" / "lammps_from_source.sh"), str(ROOT / "build" / "lammps-source")],
-                          capture_output=True, text=True, timeout=3600)
+    script = ROOT / "tools" / "lammps_from_source.sh"
+    done = subprocess.run(["bash", str(script), str(ROOT / "build" / "lammps-source")], capture_output=True, text=True,
+                          timeout=3600)
     assert done.returncode == 0, f"building LAMMPS from source failed:\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
     paths = dict(line.split("=", 1) for line in done.stdout.splitlines() if line.startswith(("LMP=", "PLUGIN=")))
     return Path(paths["LMP"]), Path(paths["PLUGIN"])

@@ -26,7 +26,7 @@ include(${{CMAKE_CURRENT_LIST_DIR}}/Modules/nequip_fast.cmake)
 # <<< nequip_fast
 """
 # style registration for LAMMPS's generated style_pair.h: the pair style header itself has none
-STYLE_HEADER = """// Registers pair_style nequip in LAMMPS's style_pair.h (written by nequip-fast lammps-plugin --patch-lammps)
+STYLE_HEADER = """// Registers pair_style nequip in LAMMPS's style_pair.h (by nequip-fast lammps-plugin --patch-lammps)
 #ifdef PAIR_CLASS
 PairStyle(nequip, PairNequIP);
 #else
@@ -149,12 +149,13 @@ def patch_lammps(lammps_dir: Path) -> None:
     if not (src / "pair.h").is_file() or not cmake_lists.is_file():
         raise RuntimeError(f"{lammps_dir} is not a LAMMPS source tree (needs src/pair.h and cmake/CMakeLists.txt)")
     plugin = plugin_source_dir()
-    for name in IN_TREE_SOURCES:
-        shutil.copyfile(plugin / name, src / name)
-    (src / "pair_nequip_style.h").write_text(STYLE_HEADER)
-    modules = lammps_dir / "cmake" / "Modules"
+    files = {src / name: (plugin / name).read_bytes() for name in IN_TREE_SOURCES}
+    files[src / "pair_nequip_style.h"] = STYLE_HEADER.encode()
     for name in ("nequip_fast.cmake", "nequip_lammps_api.cmake"):
-        shutil.copyfile(plugin / name, modules / name)
+        files[lammps_dir / "cmake" / "Modules" / name] = (plugin / name).read_bytes()
+    for path, content in files.items():
+        if not path.is_file() or path.read_bytes() != content:  # unchanged files keep their mtime: no rebuild
+            path.write_bytes(content)
     text = cmake_lists.read_text()
     if HOOK_BEGIN not in text:
         cmake_lists.write_text(text.rstrip("\n") + "\n\n" + HOOK)

@@ -155,9 +155,11 @@ def _build(path: Path) -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     start = time.perf_counter()
     try:
-        # lists: torch appends to them. is_python_module=False: a plain op library that torch.ops.load_library loads (and C++ can dlopen)
+        # Fresh lists: torch appends to them. is_python_module=False: a plain op library, loaded
+        # by torch.ops.load_library here and by dlopen in LAMMPS.
         cpp_extension.load(NAME, [str(s) for s in compiled], extra_cflags=list(CXX_FLAGS),
-                           extra_ldflags=list(LD_FLAGS), extra_cuda_cflags=list(CUDA_FLAGS), with_cuda=archs is not None, build_directory=str(path.parent),
+                           extra_ldflags=list(LD_FLAGS), extra_cuda_cflags=list(CUDA_FLAGS),
+                           with_cuda=archs is not None, build_directory=str(path.parent),
                            is_python_module=False, verbose=False)
     except Exception as e:  # a compile error, no compiler, no ninja: all mean "no native ops here"
         log = path.parent / "build.log"
