@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             patch_lammps(args.patch_lammps)
             return 0
         headers, mpi = find_lammps(args.lammps_include, args.mpi_include)
-        build_dir = args.build_dir or default_build_dir(headers)
+        build_dir = (args.build_dir or default_build_dir(headers)).resolve()
         plugin = build_dir / PLUGIN
         if args.build:
             plugin = build(headers, mpi, build_dir)
