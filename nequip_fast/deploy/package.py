@@ -33,7 +33,7 @@ REQUIRED = ("format", "nequip_fast_version", "torch_version", "r_max", "species"
 # The fields the probe structure is drawn from, and those the fingerprint covers (in this order).
 MODEL_FIELDS = ("species", "r_max", "num_layers", "dtype", "model_config")
 SIGNED_FIELDS = REQUIRED[:-1]
-# Backends whose ops live in nequip_fast._C: a process running the file must load that library first.
+# Backends whose ops live in nequip_fast's ops library (ops/native.py): a process running the file must load it first.
 NATIVE_BACKENDS = ("cpu", "cuda")
 
 
