@@ -54,12 +54,12 @@ void load_op_library(const ModelInfo &info) {
   std::string path = env ? env : NEQUIP_FAST_OPS_LIBRARY;
   if (path.empty())
     throw std::runtime_error(info.path + " uses nequip_fast's fused '" + info.conv_backend +
-                             "' kernels, but the plugin was built without nequip_fast._C; set "
-                             "NEQUIP_FAST_OPS_LIBRARY to that library (nequip_fast/_C*.so)");
+                             "' kernels, but the plugin was built without their library; set "
+                             "NEQUIP_FAST_OPS_LIBRARY to the path `nequip-fast info` prints");
   if (!dlopen(path.c_str(), RTLD_LAZY | RTLD_GLOBAL))
     throw std::runtime_error(info.path + " uses nequip_fast's fused '" + info.conv_backend +
                              "' kernels, but their library cannot be loaded: " + dlerror() +
-                             " (set NEQUIP_FAST_OPS_LIBRARY to nequip_fast/_C*.so)");
+                             " (set NEQUIP_FAST_OPS_LIBRARY to the path `nequip-fast info` prints)");
 }
 
 }  // namespace
