@@ -20,18 +20,25 @@ namespace {
 
 constexpr int64_t kRowGrain = 8;
 
-// [n][off + u * dim + i] -> [n][off + i * mul + u] for each block.
-template <typename T>
-at::Tensor to_ir_mul(const at::Tensor& src, const std::vector<Block>& blocks) {
+inline int64_t block_off(const PlanBlock& b) { return b.off; }
+inline int64_t block_dim(const PlanBlock& b) { return b.dim; }
+inline int64_t block_off(const PlanGroup& g) { return g.b_off; }
+inline int64_t block_dim(const PlanGroup& g) { return g.b_dim; }
+
+// [n][off + u * dim + i] -> [n][off + i * mul + u] for each block (PlanBlock or PlanGroup).
+template <typename T, typename Block>
+at::Tensor to_ir_mul(const at::Tensor& src, const Block* blocks, int64_t num_blocks) {
   const int64_t n = src.size(0), f = src.size(1);
   at::Tensor dst = at::empty_like(src);
   const T* s = src.data_ptr<T>();
   T* d = dst.data_ptr<T>();
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
-      for (const Block& b : blocks)
-        for (int64_t u = 0; u < b.mul; ++u)
-          for (int64_t i = 0; i < b.dim; ++i) d[r * f + b.off + i * b.mul + u] = s[r * f + b.off + u * b.dim + i];
+      for (int64_t bi = 0; bi < num_blocks; ++bi) {
+        const int64_t off = block_off(blocks[bi]), dim = block_dim(blocks[bi]), mul = blocks[bi].mul;
+        for (int64_t u = 0; u < mul; ++u)
+          for (int64_t i = 0; i < dim; ++i) d[r * f + off + i * mul + u] = s[r * f + off + u * dim + i];
+      }
   });
   return dst;
 }
@@ -39,12 +46,7 @@ at::Tensor to_ir_mul(const at::Tensor& src, const std::vector<Block>& blocks) {
 // What a range of rows needs, as raw pointers: the per-ISA clones below must not call into libtorch.
 template <typename T>
 struct Rows {
-  const PathView* paths;
-  int64_t num_paths;
-  const Pair* pairs;
-  int64_t num_pairs;
-  const int64_t* term_j;
-  const T* term_value;
+  PlanView<T> plan;
   const T* x;  // gathered operand, [node][ir_mul]
   int64_t fa;
   const T* g;  // edge_grads: reduced operand, [node][ir_mul]
@@ -70,9 +72,10 @@ NEQUIP_FAST_INLINE const T* weight_row(const Rows<T>& a, int64_t e) {
 // c[q] = sum over the terms of pair q of value * sh[j]: the CG tensor contracted with this edge's sh.
 template <typename T>
 NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const T* y, T* c) {
-  for (int64_t q = 0; q < a.num_pairs; ++q) {
+  for (int64_t q = 0; q < a.plan.n_pairs; ++q) {
     T sum = 0;
-    for (int64_t m = a.pairs[q].term_begin; m < a.pairs[q].term_end; ++m) sum += a.term_value[m] * y[a.term_j[m]];
+    for (int64_t m = a.plan.pairs[q].term_begin; m < a.plan.pairs[q].term_end; ++m)
+      sum += a.plan.values[m] * y[a.plan.terms[m].sh];
     c[q] = sum;
   }
 }
@@ -87,8 +90,8 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, T* acc, int64_t
     const T* xa = a.x + a.col[e] * a.fa;
     const T* we = weight_row(a, e);
     contract_sh(a, a.sh + e * a.fs, c);
-    for (int64_t pi = 0; pi < a.num_paths; ++pi) {
-      const PathView& p = a.paths[pi];
+    for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
+      const PlanPath& p = a.plan.paths[pi];
       const int64_t mul = MUL > 0 ? MUL : p.mul;
       const T* wp = we + p.w_off;
       for (int64_t i = 0; i < p.a_dim; ++i) {
@@ -98,8 +101,8 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, T* acc, int64_t
       }
       for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
         const T cq = c[q];
-        const T* xq = xw + a.pairs[q].a * mul;
-        T* aq = acc + p.b_off + a.pairs[q].b * mul;
+        const T* xq = xw + a.plan.pairs[q].a * mul;
+        T* aq = acc + p.b_off + a.plan.pairs[q].b * mul;
 #pragma omp simd
         for (int64_t u = 0; u < mul; ++u) aq[u] += cq * xq[u];
       }
@@ -116,13 +119,13 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
   T* gye = g_sh + e * a.fs;
   for (int64_t f = 0; f < a.fs; ++f) gye[f] = 0;
   contract_sh(a, a.sh + e * a.fs, c);
-  for (int64_t pi = 0; pi < a.num_paths; ++pi) {
-    const PathView& p = a.paths[pi];
+  for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
+    const PlanPath& p = a.plan.paths[pi];
     const int64_t mul = MUL > 0 ? MUL : p.mul;
     const T* wp = we + p.w_off;
     T* gwp = gwe + p.w_off;
     for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
-      const Pair& pr = a.pairs[q];
+      const PlanPair& pr = a.plan.pairs[q];
       const T cq = c[q];
       const T* xp = xa + p.a_off + pr.a * mul;
       const T* gp = gr + p.b_off + pr.b * mul;
@@ -133,7 +136,7 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
         gwp[u] += cq * xg;
         dot += wp[u] * xg;
       }
-      for (int64_t m = pr.term_begin; m < pr.term_end; ++m) gye[a.term_j[m]] += a.term_value[m] * dot;
+      for (int64_t m = pr.term_begin; m < pr.term_end; ++m) gye[a.plan.terms[m].sh] += a.plan.values[m] * dot;
     }
   }
 }
@@ -170,17 +173,17 @@ NEQUIP_FAST_INLINE void edge_grads_pair(const Rows<T>& a, int64_t k, const int64
 
 #define NEQUIP_FAST_ROW_FUNCTIONS(T, MUL, SUFFIX)                                                      \
   NEQUIP_FAST_CLONES void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, T* acc,   \
-                                               int64_t acc_size, T* c, T* xw, const Block* blocks,     \
-                                               int64_t num_blocks, T* out) {                            \
+                                               int64_t acc_size, T* c, T* xw, T* out) {                 \
     for (int64_t r = begin; r < end; ++r) {                                                            \
       T* orow = out + r * acc_size;                                                                    \
       for (int64_t f = 0; f < acc_size; ++f) orow[f] = 0; /* columns no path reaches stay zero */      \
       if (a.ptr[r] == a.ptr[r + 1]) continue;                                                          \
       segment_row<MUL>(a, r, acc, acc_size, c, xw);                                                    \
-      for (int64_t bi = 0; bi < num_blocks; ++bi) {                                                    \
-        const Block& b = blocks[bi];                                                                   \
+      for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {                                               \
+        const PlanGroup& b = a.plan.groups[gi];                                                        \
         for (int64_t u = 0; u < b.mul; ++u)                                                            \
-          for (int64_t i = 0; i < b.dim; ++i) orow[b.off + u * b.dim + i] = acc[b.off + i * b.mul + u]; \
+          for (int64_t i = 0; i < b.b_dim; ++i)                                                        \
+            orow[b.b_off + u * b.b_dim + i] = acc[b.b_off + i * b.mul + u];                            \
       }                                                                                                \
     }                                                                                                  \
   }                                                                                                    \
@@ -198,126 +201,89 @@ NEQUIP_FAST_ROW_FUNCTIONS(double, 0, )
 NEQUIP_FAST_ROW_FUNCTIONS(float, 32, 32)
 NEQUIP_FAST_ROW_FUNCTIONS(double, 32, 32)
 
-bool all_mul_32(const PathTable& t) {
-  for (const PathView& p : t.paths)
-    if (p.mul != 32) return false;
-  return true;
+template <typename T>
+Rows<T> make_rows(const PlanView<T>& plan, const at::Tensor& xt, const at::Tensor& sh, const at::Tensor& w,
+                  const int64_t* ptr, const int64_t* perm, const int64_t* col) {
+  return Rows<T>{plan, xt.data_ptr<T>(), xt.size(1), nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(),
+                 w.size(1), w.size(0), ptr, perm, col};
 }
 
 template <typename T>
-Rows<T> make_rows(const PathTable& t, const std::vector<T>& term_value, const at::Tensor& xt, const at::Tensor& sh,
-                  const at::Tensor& w, const int64_t* ptr, const int64_t* perm, const int64_t* col) {
-  return Rows<T>{t.paths.data(), static_cast<int64_t>(t.paths.size()), t.pairs.data(),
-                 static_cast<int64_t>(t.pairs.size()), nullptr, term_value.data(), xt.data_ptr<T>(), xt.size(1),
-                 nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(), w.size(1), w.size(0), ptr, perm, col};
-}
-
-template <typename T>
-void segment_conv_kernel(const PathTable& t, const at::Tensor& xt, const at::Tensor& sh, const at::Tensor& w,
-                         const int64_t* ptr, const int64_t* perm, const int64_t* col, at::Tensor& out) {
-  std::vector<int64_t> term_j;
-  std::vector<T> term_value;
-  for (const Term& term : t.terms) term_j.push_back(term.j), term_value.push_back(static_cast<T>(term.value));
-  Rows<T> rows = make_rows<T>(t, term_value, xt, sh, w, ptr, perm, col);
-  rows.term_j = term_j.data();
+void segment_conv_kernel(const Rows<T>& rows, at::Tensor& out) {
   const int64_t fb = out.size(1);
   T* o = out.data_ptr<T>();
   at::parallel_for(0, out.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(fb), c(t.pairs.size()), xw(t.max_a_block);
-    const int64_t num_blocks = static_cast<int64_t>(t.b_blocks.size());
-    if (all_mul_32(t))
-      segment_rows32(rows, begin, end, acc.data(), fb, c.data(), xw.data(), t.b_blocks.data(), num_blocks, o);
+    std::vector<T> acc(fb), c(rows.plan.n_pairs), xw(rows.plan.max_a_block);
+    if (rows.plan.uniform_mul == 32)
+      segment_rows32(rows, begin, end, acc.data(), fb, c.data(), xw.data(), o);
     else
-      segment_rows(rows, begin, end, acc.data(), fb, c.data(), xw.data(), t.b_blocks.data(), num_blocks, o);
+      segment_rows(rows, begin, end, acc.data(), fb, c.data(), xw.data(), o);
   });
 }
 
 template <typename T>
-void edge_grads_kernel(const PathTable& t, const at::Tensor& xt, const at::Tensor& gt, const at::Tensor& sh,
-                       const at::Tensor& w, const int64_t* ptr, const int64_t* perm, const int64_t* receiver,
-                       const int64_t* sender, at::Tensor& g_sh, at::Tensor& g_w) {
-  std::vector<int64_t> term_j;
-  std::vector<T> term_value;
-  for (const Term& term : t.terms) term_j.push_back(term.j), term_value.push_back(static_cast<T>(term.value));
-  Rows<T> rows = make_rows<T>(t, term_value, xt, sh, w, ptr, perm, sender);
-  rows.term_j = term_j.data();
-  rows.g = gt.data_ptr<T>();
-  rows.fb = gt.size(1);
+void edge_grads_kernel(const Rows<T>& rows, const int64_t* receiver, int64_t num_rows, at::Tensor& g_sh,
+                       at::Tensor& g_w) {
   T* gy = g_sh.data_ptr<T>();
   T* gw = g_w.data_ptr<T>();
-  if (w.size(0) < sh.size(0)) {  // paired: one task per weight row
-    at::parallel_for(0, w.size(0), kRowGrain * 16, [&](int64_t begin, int64_t end) {
-      std::vector<T> c(t.pairs.size());
-      if (all_mul_32(t))
+  const bool mul32 = rows.plan.uniform_mul == 32;
+  if (rows.w_rows < g_sh.size(0)) {  // paired: one task per weight row
+    at::parallel_for(0, rows.w_rows, kRowGrain * 16, [&](int64_t begin, int64_t end) {
+      std::vector<T> c(rows.plan.n_pairs);
+      if (mul32)
         edge_grads_pairs32(rows, begin, end, receiver, c.data(), gy, gw);
       else
         edge_grads_pairs(rows, begin, end, receiver, c.data(), gy, gw);
     });
     return;
   }
-  at::parallel_for(0, gt.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> c(t.pairs.size());
-    if (all_mul_32(t))
+  at::parallel_for(0, num_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+    std::vector<T> c(rows.plan.n_pairs);
+    if (mul32)
       edge_grads_rows32(rows, begin, end, c.data(), gy, gw);
     else
       edge_grads_rows(rows, begin, end, c.data(), gy, gw);
   });
 }
 
-void check_operands(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w, const PathTable& t) {
-  TORCH_CHECK(x.dim() == 2 && sh.dim() == 2 && w.dim() == 2, "nequip_fast conv: x, sh, weight must be 2-d");
-  TORCH_CHECK(x.scalar_type() == sh.scalar_type() && x.scalar_type() == w.scalar_type(),
-              "nequip_fast conv: x, sh and weight must share a dtype, got ", x.scalar_type(), ", ",
-              sh.scalar_type(), ", ", w.scalar_type());
-  TORCH_CHECK(sh.size(0) == w.size(0) || sh.size(0) == 2 * w.size(0),
-              "nequip_fast conv: weight needs one row per edge (", sh.size(0), "), or per pair of paired edges (",
-              sh.size(0) / 2, "), got ", w.size(0));
-  TORCH_CHECK(x.size(1) >= t.a_extent, "nequip_fast conv: x has ", x.size(1), " features, the paths need ", t.a_extent);
-  for (const PathView& p : t.paths) {
-    TORCH_CHECK(p.w_off + p.mul <= w.size(1), "nequip_fast conv: weight has too few columns");
-    TORCH_CHECK(p.sh_off < sh.size(1), "nequip_fast conv: sh has too few columns");
-  }
-}
-
-at::Tensor segment_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& weight,
-                            const at::Tensor& table, const at::Tensor& edge_index, const at::Tensor& ptr,
-                            const at::Tensor& perm, int64_t out_features, bool transpose) {
-  const PathTable t = parse_table(table, transpose);
-  check_operands(x, sh, weight, t);
-  check_graph(edge_index, ptr, perm, sh.size(0));
-  TORCH_CHECK(out_features >= t.b_extent, "nequip_fast conv: out_features ", out_features, " < ", t.b_extent);
-  TORCH_CHECK(x.size(0) == ptr.size(1) - 1, "nequip_fast conv: x has ", x.size(0), " rows, the graph ",
-              ptr.size(1) - 1, " nodes");
+at::Tensor segment_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& weight, const at::Tensor& plan,
+                            const at::Tensor& values, c10::IntArrayRef layout, const at::Tensor& edge_index,
+                            const at::Tensor& ptr, const at::Tensor& perm, bool transpose) {
+  check_operands(x, sh, weight, plan, values, layout, transpose, edge_index, ptr, perm);
   const int d = transpose ? 1 : 0;
   const at::Tensor ei = edge_index.contiguous(), p = ptr.contiguous(), pm = perm.contiguous();
-  at::Tensor out = at::empty({ptr.size(1) - 1, out_features}, x.options());  // every row is written
+  at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nequip_fast::segment_conv", [&] {
-    const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), t.a_blocks);
-    segment_conv_kernel<scalar_t>(t, xt, sh.contiguous(), weight.contiguous(), p[d].data_ptr<int64_t>(),
-                                  pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>(), out);
+    const PlanView<scalar_t> view = plan_view<scalar_t>(plan, values, layout, transpose);
+    out = at::empty({x.size(0), view.b_features}, x.options());  // every row is written
+    const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
+    const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
+    segment_conv_kernel<scalar_t>(make_rows<scalar_t>(view, xt, shc, wc, p[d].data_ptr<int64_t>(),
+                                                      pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>()),
+                                  out);
   });
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at::Tensor& g, const at::Tensor& sh,
-                                                  const at::Tensor& weight, const at::Tensor& table,
+                                                  const at::Tensor& weight, const at::Tensor& plan,
+                                                  const at::Tensor& values, c10::IntArrayRef layout,
                                                   const at::Tensor& edge_index, const at::Tensor& ptr,
                                                   const at::Tensor& perm) {
-  const PathTable t = parse_table(table, false);
-  check_operands(x, sh, weight, t);
-  check_graph(edge_index, ptr, perm, sh.size(0));
-  TORCH_CHECK(g.dim() == 2 && g.scalar_type() == x.scalar_type() && g.size(1) >= t.b_extent &&
-                  g.size(0) == ptr.size(1) - 1 && x.size(0) == g.size(0),
-              "nequip_fast conv: g must be (N, out_features) in the dtype of x");
+  check_operands(x, sh, weight, plan, values, layout, false, edge_index, ptr, perm, &g);
   const at::Tensor ei = edge_index.contiguous(), p = ptr.contiguous(), pm = perm.contiguous();
   at::Tensor g_sh = at::empty_like(sh, at::MemoryFormat::Contiguous);  // every edge is written
   at::Tensor g_w = at::empty_like(weight, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nequip_fast::edge_grads", [&] {
-    const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), t.a_blocks);
-    const at::Tensor gt = to_ir_mul<scalar_t>(g.contiguous(), t.b_blocks);
-    edge_grads_kernel<scalar_t>(t, xt, gt, sh.contiguous(), weight.contiguous(), p[0].data_ptr<int64_t>(),
-                                pm[0].data_ptr<int64_t>(), ei[0].data_ptr<int64_t>(), ei[1].data_ptr<int64_t>(),
-                                g_sh, g_w);
+    const PlanView<scalar_t> view = plan_view<scalar_t>(plan, values, layout, false);
+    const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
+    const at::Tensor gt = to_ir_mul<scalar_t>(g.contiguous(), view.groups, view.n_groups);
+    const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
+    Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[0].data_ptr<int64_t>(), pm[0].data_ptr<int64_t>(),
+                                              ei[1].data_ptr<int64_t>());
+    rows.g = gt.data_ptr<scalar_t>();
+    rows.fb = gt.size(1);
+    edge_grads_kernel<scalar_t>(rows, ei[0].data_ptr<int64_t>(), gt.size(0), g_sh, g_w);
   });
   return {g_sh, g_w};
 }

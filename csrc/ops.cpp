@@ -7,12 +7,14 @@ TORCH_LIBRARY(nequip_fast, m) {
   // Row pointers (2, N + 1) and edge order (2, E) of the graph sorted stably by receiver (row 0)
   // and by sender (row 1): the CSRs that the two ops below walk.
   m.def("conv_graph(Tensor edge_index, SymInt num_nodes) -> (Tensor, Tensor)");
+  // (plan, values, layout) is a ConvPlan (nequip_fast/ops/plan.py, csrc/plan.h) holding both
+  // orientations of T: `transpose` selects the pre-lowered adjoint T^T and the graph direction.
   // Rows of direction d = transpose: out[r] = sum_{k in ptr[d][r]..ptr[d][r+1]} T(x[col(e)], sh[e], w[e]),
-  // e = perm[d][k], col = edge_index[1 - d]; transpose applies T^T (input and output swapped).
-  m.def("segment_conv(Tensor x, Tensor sh, Tensor weight, Tensor table, Tensor edge_index, Tensor ptr, "
-        "Tensor perm, int out_features, bool transpose) -> Tensor");
+  // e = perm[d][k], col = edge_index[1 - d].
+  m.def("segment_conv(Tensor x, Tensor sh, Tensor weight, Tensor plan, Tensor values, int[] layout, "
+        "Tensor edge_index, Tensor ptr, Tensor perm, bool transpose) -> Tensor");
   // Per edge e = (receiver r, sender s): gradients of <g[r], T(x[s], sh[e], w[e])> wrt sh[e] and w[e].
-  m.def("edge_grads(Tensor x, Tensor g, Tensor sh, Tensor weight, Tensor table, Tensor edge_index, Tensor ptr, "
-        "Tensor perm) -> (Tensor, Tensor)");
+  m.def("edge_grads(Tensor x, Tensor g, Tensor sh, Tensor weight, Tensor plan, Tensor values, int[] layout, "
+        "Tensor edge_index, Tensor ptr, Tensor perm) -> (Tensor, Tensor)");
 }
 

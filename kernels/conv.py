@@ -1,4 +1,4 @@
-"""Triton kernels of the fused convolution, generated from a ``ConvDescriptor``.
+"""Triton kernels of the fused convolution, generated from the plan they are given.
 
 Every derivative level of the convolution is expressed by the op layer through two kernels:
 
@@ -8,7 +8,8 @@ Every derivative level of the convolution is expressed by the op layer through t
 * ``edge_grads``: the per-edge gradients with respect to ``sh`` and ``weight``.
 
 The path list and the Clebsch-Gordan nonzeros are compile-time constants: the kernel source is
-generated per descriptor (cached), so the sparse contraction is fully unrolled and the only
+generated per ``Plan`` (one orientation of nequip_fast's ConvPlan, read on the host by the op
+layer; cached by its ``digest``, a hash of the plan's content, orientation and dtype), so the sparse contraction is fully unrolled and the only
 runtime loops are over edges (and over channel blocks of wide multiplicities). A program works on
 a flat tile of ``BLOCK_E`` edges x ``BLOCK_U`` channels (channels fastest, so weight rows are read
 contiguously); flat rather than 2-D because it halves Triton's compile time for these long,
@@ -25,8 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-from nequip_fast.ops.descriptor import ConvDescriptor
-
 _MAX_BLOCK_U = 32  # channels per tile; wider multiplicities are split into channel blocks
 _NUM_WARPS = 4
 # elements per thread of a tile: measured for sm_90 with ptxas, 2 (float32) and 1 (float64) keep the
@@ -36,12 +35,12 @@ _ids = itertools.count()
 
 
 @dataclass(frozen=True)
-class _Term:
-    """One path as a kernel reads it: ``dst[u, b] += sum c * src[u, a] * y[j] * w[u]`` over ``(a, j, b, c)``."""
+class Path:
+    """One path as a kernel reads it: ``dst[u, b] += sum c * src[u, a] * sh[j] * w[u]`` over ``(a, j, b, c)``,
+    ``j`` the sh column."""
 
     src_offset: int
     src_dim: int
-    sh_offset: int
     dst_offset: int
     dst_dim: int
     mul: int
@@ -49,17 +48,23 @@ class _Term:
     cg: tuple[tuple[int, int, int, float], ...]
 
 
-def _terms(descriptor: ConvDescriptor, transpose: bool) -> tuple[_Term, ...]:
-    if not transpose:
-        return tuple(
-            _Term(p.in_offset, p.in_dim, p.sh_offset, p.out_offset, p.out_dim, p.mul, p.weight_offset, p.cg)
-            for p in descriptor.paths
-        )
-    return tuple(
-        _Term(p.out_offset, p.out_dim, p.sh_offset, p.in_offset, p.in_dim, p.mul, p.weight_offset,
-              tuple((k, j, i, c) for i, j, k, c in p.cg))
-        for p in descriptor.paths
-    )
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """One orientation of a convolution: paths ordered by the dst block they reduce into, and the
+    operand widths. Equal ``digest`` means equal content: generated kernels are cached by it."""
+
+    digest: tuple
+    paths: tuple[Path, ...]
+    d_src: int
+    d_dst: int
+    d_sh: int
+    d_w: int
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Plan) and other.digest == self.digest
 
 
 def _block_u(mul: int) -> int:
@@ -108,13 +113,14 @@ def _segment_source(terms, d_src: int, d_dst: int, d_sh: int, d_w: int) -> tuple
     sits in its own flat ``if`` (an ``elif`` chain nests every task in the previous one's else
     region, which made compiling an l_max 3 kernel 3.6x slower).
     """
-    groups: dict[tuple[int, int, int], list[_Term]] = {}
+    groups: dict[tuple[int, int, int], list[Path]] = {}
     for t in terms:
         groups.setdefault((t.dst_offset, t.dst_dim, t.mul), []).append(t)
     lines = [
         _HEADER,
         "@triton.jit",
-        "def segment_kernel(x_ptr, sh_ptr, w_ptr, out_ptr, row_ptr, col_ptr, perm_ptr, BLOCK_E: tl.constexpr):",
+        "def segment_kernel(x_ptr, sh_ptr, w_ptr, out_ptr, row_ptr, col_ptr, perm_ptr, w_rows,"
+        " BLOCK_E: tl.constexpr):",
         "    dt = out_ptr.dtype.element_ty",
         "    row = tl.program_id(0).to(tl.int64)",
         "    task = tl.program_id(1)",
@@ -139,11 +145,11 @@ def _segment_source(terms, d_src: int, d_dst: int, d_sh: int, d_w: int) -> tuple
                 "            edge = tl.load(perm_ptr + k, mask=mask, other=0)",
                 f"            x_row = x_ptr + tl.load(col_ptr + k, mask=mask, other=0) * {d_src}",
                 f"            sh_row = sh_ptr + edge * {d_sh}",
-                f"            w_row = w_ptr + edge * {d_w} + u",
+                f"            w_row = w_ptr + tl.where(edge < w_rows, edge, edge - w_rows) * {d_w} + u",  # pairs"
             ]
             loaded: set[int] = set()  # SH components, loaded at first use so only live ones hold registers
             for t in group:
-                for j in sorted({t.sh_offset + j for _, j, _, _ in t.cg} - loaded):
+                for j in sorted({j for _, j, _, _ in t.cg} - loaded):
                     loaded.add(j)
                     lines.append(f"            y{j} = tl.load(sh_row + {j}, mask=mask, other=0.0)")
                 lines.append(f"            w = tl.load(w_row + {t.weight_offset}, mask=mask, other=0.0)")
@@ -154,7 +160,7 @@ def _segment_source(terms, d_src: int, d_dst: int, d_sh: int, d_w: int) -> tuple
                 ]
                 by_ab: dict[tuple[int, int], list] = {}
                 for a, j, b, c in t.cg:
-                    by_ab.setdefault((a, b), []).append((c, f"y{t.sh_offset + j}"))
+                    by_ab.setdefault((a, b), []).append((c, f"y{j}"))
                 lines += [f"            acc{b} += ({_weighted_sum(pairs)}) * xw{a}"
                           for (a, b), pairs in sorted(by_ab.items())]
             lines += [
@@ -176,22 +182,22 @@ def _edge_grads_source(terms, d_in: int, d_out: int, d_sh: int, d_w: int) -> tup
     each x and g component is loaded once per block.
     """
     bu = max(_block_u(t.mul) for t in terms)
-    by_mul: dict[int, list[_Term]] = {}
+    by_mul: dict[int, list[Path]] = {}
     for t in terms:
         by_mul.setdefault(t.mul, []).append(t)
-    used_sh = sorted({t.sh_offset + j for t in terms for _, j, _, _ in t.cg})
+    used_sh = sorted({j for t in terms for _, j, _, _ in t.cg})
     lines = [
         _HEADER,
         "@triton.jit",
         "def edge_grads_kernel(x_ptr, g_ptr, sh_ptr, w_ptr, sender_ptr, receiver_ptr, g_sh_ptr, g_w_ptr, num_edges,"
-        " BLOCK_E: tl.constexpr):",
+        " w_rows, BLOCK_E: tl.constexpr):",
         "    dt = g_w_ptr.dtype.element_ty",
         f"    i = tl.arange(0, BLOCK_E * {bu})  # flat [edge, channel] tile",
         f"    e = tl.program_id(0).to(tl.int64) * BLOCK_E + i // {bu}",
         "    e_mask = e < num_edges",
         f"    x_row = x_ptr + tl.load(sender_ptr + e, mask=e_mask, other=0) * {d_in}",
         f"    g_row = g_ptr + tl.load(receiver_ptr + e, mask=e_mask, other=0) * {d_out}",
-        f"    w_row = w_ptr + e * {d_w}",
+        f"    w_row = w_ptr + tl.where(e < w_rows, e, e - w_rows) * {d_w}",  # paired edges share a row
         f"    g_w_row = g_w_ptr + e * {d_w}",
     ]
     lines += [f"    y{j} = tl.load(sh_ptr + e * {d_sh} + {j}, mask=e_mask, other=0.0)" for j in used_sh]
@@ -207,7 +213,7 @@ def _edge_grads_source(terms, d_in: int, d_out: int, d_sh: int, d_w: int) -> tup
             by_ja: dict[int, dict[int, list]] = {}  # t_j = sum_a x_a * (sum_b c g_b)
             for a, j, b, c in t.cg:
                 g_b = f"g{m}_{t.dst_offset + b}"
-                by_ja.setdefault(t.sh_offset + j, {}).setdefault(t.src_offset + a, []).append((c, g_b))
+                by_ja.setdefault(j, {}).setdefault(t.src_offset + a, []).append((c, g_b))
             needed = {("x", t.src_offset + a, t.src_dim) for a, _, _, _ in t.cg}
             needed |= {("g", t.dst_offset + b, t.dst_dim) for _, _, b, _ in t.cg}
             for operand, col, dim in sorted(needed):
@@ -257,19 +263,16 @@ def _interpreting(device: torch.device) -> bool:
 
 
 @functools.cache
-def _segment(descriptor: ConvDescriptor, transpose: bool, interpret: bool) -> _Segment:
-    terms = _terms(descriptor, transpose)
-    d_in, d_out = descriptor.irreps_in.dim, descriptor.irreps_out.dim
-    d_src, d_dst = (d_out, d_in) if transpose else (d_in, d_out)
-    source, num_tasks = _segment_source(terms, d_src, d_dst, descriptor.irreps_sh.dim, descriptor.weight_numel)
-    covered = {(t.dst_offset, t.mul * t.dst_dim) for t in terms}
+def _segment(plan: Plan, interpret: bool) -> _Segment:
+    source, num_tasks = _segment_source(plan.paths, plan.d_src, plan.d_dst, plan.d_sh, plan.d_w)
+    covered = {(t.dst_offset, t.mul * t.dst_dim) for t in plan.paths}
     return _Segment(
-        kernel=_compile(source, "segment_T" if transpose else "segment")["segment_kernel"],
+        kernel=_compile(source, "segment")["segment_kernel"],
         num_tasks=num_tasks,
-        max_block_u=max(_block_u(t.mul) for t in terms),
-        covers_output=sum(size for _, size in covered) == d_dst,
-        d_src=d_src,
-        d_dst=d_dst,
+        max_block_u=max(_block_u(t.mul) for t in plan.paths),
+        covers_output=sum(size for _, size in covered) == plan.d_dst,
+        d_src=plan.d_src,
+        d_dst=plan.d_dst,
     )
 
 
@@ -280,9 +283,8 @@ class _EdgeGrads:
 
 
 @functools.cache
-def _edge_grads(descriptor: ConvDescriptor, interpret: bool) -> _EdgeGrads:
-    source, block_u = _edge_grads_source(_terms(descriptor, transpose=False), descriptor.irreps_in.dim,
-                                         descriptor.irreps_out.dim, descriptor.irreps_sh.dim, descriptor.weight_numel)
+def _edge_grads(plan: Plan, interpret: bool) -> _EdgeGrads:
+    source, block_u = _edge_grads_source(plan.paths, plan.d_src, plan.d_dst, plan.d_sh, plan.d_w)
     return _EdgeGrads(_compile(source, "edge_grads")["edge_grads_kernel"], block_u)
 
 
@@ -309,28 +311,33 @@ def _check_index(name: str, t: torch.Tensor, length: int) -> torch.Tensor:
     return t.contiguous()
 
 
+def _check_weight(weight: torch.Tensor, num_edges: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """One row per edge, or one per pair of paired edges (edge k + E/2 reverses edge k)."""
+    paired = num_edges % 2 == 0 and weight.dim() == 2 and 2 * weight.shape[0] == num_edges
+    return _check_features("weight", weight, num_edges // 2 if paired else num_edges, dim, dtype)
+
+
 def segment_conv(
-    descriptor: ConvDescriptor,
+    plan: Plan,
     x: torch.Tensor,
     sh: torch.Tensor,
     weight: torch.Tensor,
     row_ptr: torch.Tensor,
     perm: torch.Tensor,
     col: torch.Tensor,
-    transpose: bool,
 ) -> torch.Tensor:
-    """``out[r] = sum_{k in [row_ptr[r], row_ptr[r+1])} T(x[col[k]], sh[perm[k]], weight[perm[k]])``.
+    """``out[r] = sum_{k in [row_ptr[r], row_ptr[r+1])} T(x[col[k]], sh[e], weight[e])``, ``e = perm[k]``.
 
-    ``T`` is the descriptor's tensor product, or its transpose (``x`` in ``irreps_out`` layout,
-    result in ``irreps_in`` layout) when ``transpose``. Returns ``(len(row_ptr) - 1, D_out)``.
+    ``T`` is the plan's map (``x`` has ``plan.d_src`` columns); a paired weight row serves edges
+    ``e`` and ``e + E/2``. Returns ``(len(row_ptr) - 1, plan.d_dst)``.
     """
-    seg = _segment(descriptor, transpose, _interpreting(x.device))
+    seg = _segment(plan, _interpreting(x.device))
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x: expected float32 or float64, got {x.dtype}")
     num_edges = sh.shape[0] if sh.dim() == 2 else -1
     x = _check_features("x", x, None, seg.d_src, x.dtype)
-    sh = _check_features("sh", sh, None, descriptor.irreps_sh.dim, x.dtype)
-    weight = _check_features("weight", weight, num_edges, descriptor.weight_numel, x.dtype)
+    sh = _check_features("sh", sh, None, plan.d_sh, x.dtype)
+    weight = _check_weight(weight, num_edges, plan.d_w, x.dtype)
     perm, col = _check_index("perm", perm, num_edges), _check_index("col", col, num_edges)
     if row_ptr.dim() != 1 or row_ptr.shape[0] < 1 or row_ptr.dtype != torch.int64:
         raise ValueError(f"row_ptr: expected a non-empty int64 vector, got {row_ptr.dtype} {tuple(row_ptr.shape)}")
@@ -342,12 +349,13 @@ def segment_conv(
     avg_degree = -(-num_edges // rows)
     block_e = max(1, min(_tile(x.dtype) // seg.max_block_u, triton.next_power_of_2(max(avg_degree, 1))))
     num_warps = _num_warps(block_e * seg.max_block_u, x.dtype)
-    seg.kernel[(rows, seg.num_tasks)](x, sh, weight, out, row_ptr, col, perm, BLOCK_E=block_e, num_warps=num_warps)
+    seg.kernel[(rows, seg.num_tasks)](x, sh, weight, out, row_ptr, col, perm, weight.shape[0], BLOCK_E=block_e,
+                                      num_warps=num_warps)
     return out
 
 
 def edge_grads(
-    descriptor: ConvDescriptor,
+    plan: Plan,
     x: torch.Tensor,
     g: torch.Tensor,
     sh: torch.Tensor,
@@ -355,22 +363,25 @@ def edge_grads(
     sender: torch.Tensor,
     receiver: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-edge gradients ``(g_sh, g_w)`` of ``sum_e <g[receiver[e]], T(x[sender[e]], sh[e], weight[e])>``."""
-    kern = _edge_grads(descriptor, _interpreting(x.device))
+    """Per-edge gradients ``(g_sh, g_w)`` of ``sum_e <g[receiver[e]], T(x[sender[e]], sh[e], weight[e])>``;
+    a paired weight row gets the sum over its two edges."""
+    kern = _edge_grads(plan, _interpreting(x.device))
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x: expected float32 or float64, got {x.dtype}")
     num_edges = sh.shape[0] if sh.dim() == 2 else -1
-    x = _check_features("x", x, None, descriptor.irreps_in.dim, x.dtype)
-    g = _check_features("g", g, None, descriptor.irreps_out.dim, x.dtype)
-    sh = _check_features("sh", sh, None, descriptor.irreps_sh.dim, x.dtype)
-    weight = _check_features("weight", weight, num_edges, descriptor.weight_numel, x.dtype)
+    x = _check_features("x", x, None, plan.d_src, x.dtype)
+    g = _check_features("g", g, None, plan.d_dst, x.dtype)
+    sh = _check_features("sh", sh, None, plan.d_sh, x.dtype)
+    weight = _check_weight(weight, num_edges, plan.d_w, x.dtype)
     sender, receiver = _check_index("sender", sender, num_edges), _check_index("receiver", receiver, num_edges)
-    g_sh, g_w = sh.new_empty(num_edges, descriptor.irreps_sh.dim), weight.new_empty(num_edges, descriptor.weight_numel)
+    g_sh, g_w = sh.new_empty(num_edges, plan.d_sh), weight.new_empty(num_edges, plan.d_w)
     if num_edges == 0:
-        return g_sh, g_w
+        return g_sh, g_w[: weight.shape[0]]
     block_e = _tile(x.dtype) // kern.block_u
     kern.kernel[(triton.cdiv(num_edges, block_e),)](
-        x, g, sh, weight, sender, receiver, g_sh, g_w, num_edges, BLOCK_E=block_e,
+        x, g, sh, weight, sender, receiver, g_sh, g_w, num_edges, weight.shape[0], BLOCK_E=block_e,
         num_warps=_num_warps(block_e * kern.block_u, x.dtype),
     )
+    if weight.shape[0] < num_edges:  # paired: the two edges of row k are k and k + E/2
+        g_w = g_w[: weight.shape[0]] + g_w[weight.shape[0]:]
     return g_sh, g_w

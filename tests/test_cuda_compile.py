@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from nequip_fast.ops.descriptor import ConvDescriptor
-from nequip_fast.ops.fused import conv_graph, descriptor_table
+from nequip_fast.ops.fused import conv_graph
+from nequip_fast.ops.plan import lower
 from nequip_fast.ops.reference import reference_conv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_host_emulation_matches_e3nn(emulator, tmp_path, irreps, bits):
     num_nodes, num_edges = 7, 30
     edge_index = random_graph(num_nodes, num_edges, gen)
     graph = conv_graph(edge_index, num_nodes)
-    table = descriptor_table(descriptor)
+    plan = lower(descriptor, torch.float64)
     fa, fs, fb, fw = (descriptor.irreps_in.dim, descriptor.irreps_sh.dim, descriptor.irreps_out.dim,
                       descriptor.weight_numel)
     x = torch.randn(num_nodes, fa, dtype=torch.float64, generator=gen, requires_grad=True)
@@ -91,9 +92,11 @@ def test_host_emulation_matches_e3nn(emulator, tmp_path, irreps, bits):
     w = torch.randn(num_edges, fw, dtype=torch.float64, generator=gen, requires_grad=True)
     g = torch.randn(num_nodes, fb, dtype=torch.float64, generator=gen)
 
-    header = torch.tensor([table.shape[0], num_nodes, num_edges, fa, fs, fw, fb, bits], dtype=torch.int64)
-    blob = b"".join(t.detach().contiguous().numpy().tobytes()
-                    for t in (header, table, graph.edge_index, graph.ptr, graph.perm, x, sh, w, g))
+    header = torch.tensor([len(plan.layout), plan.ints.numel(), plan.values.numel(), num_nodes, num_edges, fa, fs,
+                           fw, fb, bits], dtype=torch.int64)
+    layout = torch.tensor(plan.layout, dtype=torch.int64)
+    blob = b"".join(t.detach().contiguous().numpy().tobytes() for t in (
+        header, layout, plan.ints, plan.values, graph.edge_index, graph.ptr, graph.perm, x, sh, w, g))
     (tmp_path / "in.bin").write_bytes(blob)
     subprocess.run([str(emulator), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], check=True)
     result = np.fromfile(tmp_path / "out.bin", dtype=np.float64)

@@ -10,7 +10,8 @@ from e3nn import o3
 
 from conftest import interpreted
 from nequip_fast.ops import ConvDescriptor, TensorProductConv
-from nequip_fast.ops.fused import conv_graph, descriptor_table, fused_conv, load_backend
+from nequip_fast.ops.fused import conv_graph, fused_conv, load_backend
+from nequip_fast.ops.plan import ConvPlan, lower
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 ALL_TARGETS = "0e+0o+1e+1o+2e+2o+3e+3o"
@@ -116,8 +117,7 @@ def test_pair_weights_match_reference_through_double_backward(backend, dtype):
         assert a.shape == e.shape
         assert_close(a, e, TOL[dtype], f"paired {name}")
     with pytest.raises(RuntimeError, match="weight needs one row per edge"):
-        load_backend("cpu").segment_conv(x, sh, w[:-1], descriptor_table(d), *conv_graph(edge_index, 9),
-                                         d.irreps_out.dim, False)
+        load_backend("cpu").segment_conv(x, sh, w[:-1], *lower(d), *conv_graph(edge_index, 9), False)
 
 
 def test_gradcheck_and_gradgradcheck(backend):
@@ -154,14 +154,15 @@ def test_cpu_is_deterministic_across_runs_and_threads():
 
 THREAD_PROBE = """
 import os, torch
-from nequip_fast.ops.fused import conv_graph, descriptor_table, load_backend
+from nequip_fast.ops.fused import conv_graph, load_backend
+from nequip_fast.ops.plan import lower
 from nequip_fast.ops import ConvDescriptor
 torch.set_num_threads(2)
 d = ConvDescriptor.nequip("32x0e+32x1o", "1x0e+1x1o", "0e+1o")
 g = torch.Generator().manual_seed(0)
 edge_index = torch.randint(0, 2048, (2, 65536), generator=g)
 x, sh, w = torch.randn(2048, d.irreps_in.dim), torch.randn(65536, 4), torch.randn(65536, d.weight_numel)
-graph, table, op = conv_graph(edge_index, 2048), descriptor_table(d), load_backend("cpu").segment_conv
+graph, plan, op = conv_graph(edge_index, 2048), lower(d), load_backend("cpu").segment_conv
 
 def cpu_ticks():
     ticks = {}
@@ -173,7 +174,7 @@ def cpu_ticks():
 
 before = cpu_ticks()
 for _ in range(40):
-    op(x, sh, w, table, *graph, d.irreps_out.dim, False)
+    op(x, sh, w, *plan, *graph, False)
 after = cpu_ticks()
 print(*sorted((after[t] - before.get(t, 0) for t in after), reverse=True))
 """
@@ -249,24 +250,25 @@ def test_export_and_compile():
     backend = cpu_or_skip()
     d = descriptor("mul3-l3")
     edge_index = random_graph(8, 20, seed=11)
-    table = descriptor_table(d)
+    plan = lower(d, torch.float64)
     x, sh, w = random_inputs(d, 8, edge_index, torch.float64, seed=12)
 
-    def forward_and_grads(x, sh, w, edge_index, table):
+    def forward_and_grads(x, sh, w, edge_index, ints, values):
         x, sh, w = (t.detach().requires_grad_(True) for t in (x, sh, w))
         with torch.enable_grad():
-            out = fused_conv(backend, x, sh, w, table, backend.graph(edge_index, x.shape[0]), d.irreps_out.dim)
+            out = fused_conv(backend, x, sh, w, ConvPlan(ints, values, plan.layout),
+                             backend.graph(edge_index, x.shape[0]))
             grads = torch.autograd.grad(out.pow(2).sum(), (x, sh, w))
         return (out.detach(), *grads)
 
-    expected = forward_and_grads(x, sh, w, edge_index, table)
+    expected = forward_and_grads(x, sh, w, edge_index, plan.ints, plan.values)
     traced = torch.fx.experimental.proxy_tensor.make_fx(forward_and_grads, tracing_mode="symbolic")(
-        x, sh, w, edge_index, table)
+        x, sh, w, edge_index, plan.ints, plan.values)
     ops = {str(n.target) for n in traced.graph.nodes if n.op == "call_function"}
     assert {"nequip_fast.conv_graph.default", "nequip_fast.segment_conv.default",
             "nequip_fast.edge_grads.default"} <= ops
-    exported = torch.export.export(traced, (x, sh, w, edge_index, table))
-    for a, e in zip(exported.module()(x, sh, w, edge_index, table), expected):
+    exported = torch.export.export(traced, (x, sh, w, edge_index, plan.ints, plan.values))
+    for a, e in zip(exported.module()(x, sh, w, edge_index, plan.ints, plan.values), expected):
         assert_close(a, e, 1e-12, "exported")
 
     with default_dtype(torch.float64):

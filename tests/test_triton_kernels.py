@@ -22,7 +22,18 @@ try:
 except ImportError as error:
     pytest.skip(f"triton is not installed ({error}); pip install triton", allow_module_level=True)
 
-from nequip_fast.kernels import edge_grads, segment_conv  # noqa: E402
+from nequip_fast import kernels  # noqa: E402
+from nequip_fast.ops.plan import lower  # noqa: E402
+from nequip_fast.ops.triton_ops import kernel_plan  # noqa: E402
+
+
+def segment_conv(desc, x, sh, w, row_ptr, perm, col, transpose):
+    """The kernel on the plan orientation of ``desc`` that the op layer would give it."""
+    return kernels.segment_conv(kernel_plan(lower(desc, x.dtype), transpose), x, sh, w, row_ptr, perm, col)
+
+
+def edge_grads(desc, x, g, sh, w, sender, receiver):
+    return kernels.edge_grads(kernel_plan(lower(desc, x.dtype), False), x, g, sh, w, sender, receiver)
 
 # (irreps_in, l_max, parity): l up to 3, multiplicities 1, 3, 16, mixed, and 33 (two channel blocks, masked)
 CONFIGS = [
@@ -209,20 +220,24 @@ COMPILE_SCRIPT = textwrap.dedent("""
     from e3nn import o3
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    import torch
     from nequip_fast.kernels.conv import _edge_grads, _segment
     from nequip_fast.ops import ConvDescriptor
+    from nequip_fast.ops.plan import lower
+    from nequip_fast.ops.triton_ops import kernel_plan
 
     desc = ConvDescriptor.nequip("3x0e+33x1o", o3.Irreps.spherical_harmonics(1, p=-1), "1x0e+1x1o+1x1e+1x0o")
+    plan = lower(desc, torch.float64)
     for dt in ("*fp32", "*fp64"):
         pointers = dict.fromkeys(["x_ptr", "sh_ptr", "w_ptr"], dt)
         for transpose in (False, True):
             sig = {**pointers, "out_ptr": dt, "row_ptr": "*i64", "col_ptr": "*i64", "perm_ptr": "*i64",
-                   "BLOCK_E": "constexpr"}
-            src = ASTSource(_segment(desc, transpose, False).kernel, sig, {"BLOCK_E": 4})
+                   "w_rows": "i64", "BLOCK_E": "constexpr"}
+            src = ASTSource(_segment(kernel_plan(plan, transpose), False).kernel, sig, {"BLOCK_E": 4})
             triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         sig = {**pointers, "g_ptr": dt, "sender_ptr": "*i64", "receiver_ptr": "*i64", "g_sh_ptr": dt, "g_w_ptr": dt,
-               "num_edges": "i64", "BLOCK_E": "constexpr"}
-        src = ASTSource(_edge_grads(desc, False).kernel, sig, {"BLOCK_E": 4})
+               "num_edges": "i64", "w_rows": "i64", "BLOCK_E": "constexpr"}
+        src = ASTSource(_edge_grads(kernel_plan(plan, False), False).kernel, sig, {"BLOCK_E": 4})
         triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 """)
 

@@ -11,7 +11,8 @@ from typing import Optional
 import torch
 
 from .descriptor import ConvDescriptor
-from .fused import ConvGraph, descriptor_table, fused_conv, load_backend
+from .fused import ConvGraph, fused_conv, load_backend
+from .plan import ConvPlan, lower
 from .reference import reference_conv
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
@@ -57,8 +58,12 @@ class TensorProductConv(torch.nn.Module):
         self.weight_numel = descriptor.weight_numel
         self.irreps_out = descriptor.irreps_out
         self.out_features = descriptor.irreps_out.dim  # a plain int: torch.compile cannot guard on Irreps
-        # Not persistent: derived from the descriptor, so checkpoints stay backend-independent.
-        self.register_buffer("table", descriptor_table(descriptor), persistent=False)
+        # Lowered once per layer; not persistent: derived from the descriptor, so checkpoints stay
+        # backend-independent. The values follow Module.to like any constant buffer.
+        plan = lower(descriptor)
+        self.register_buffer("plan", plan.ints, persistent=False)
+        self.register_buffer("plan_values", plan.values, persistent=False)
+        self.plan_layout = plan.layout
 
     def _backend_for(self, device: torch.device) -> str:
         return _auto_backend(device) if self.backend == "auto" else self.backend
@@ -75,13 +80,13 @@ class TensorProductConv(torch.nn.Module):
         reverses edge k, ``data.neighbors.edges_paired``): both edges of a pair have the same length.
         ``graph``: from ``prepare`` (built here when not given)."""
         name = self._backend_for(x.device)
-        if weight.shape[0] != sh.shape[0] and name != "cpu":  # only the cpu kernels index pair rows
-            weight = torch.cat((weight, weight))
-        if name == "reference":
+        if name == "reference":  # every fused backend indexes pair rows itself
+            if weight.shape[0] != sh.shape[0]:
+                weight = torch.cat((weight, weight))
             return reference_conv(self.tp, x, sh, weight, edge_index)
         if name == "cpu" and x.device.type != "cpu":
             raise RuntimeError(f"conv backend 'cpu' got {x.device.type} tensors; use 'auto', 'cuda' or 'triton'")
         backend = load_backend(name)
         if graph is None:
             graph = backend.graph(edge_index, x.shape[0])
-        return fused_conv(backend, x, sh, weight, self.table, graph, self.out_features)
+        return fused_conv(backend, x, sh, weight, ConvPlan(self.plan, self.plan_values, self.plan_layout), graph)

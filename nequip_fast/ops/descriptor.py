@@ -8,7 +8,7 @@ by e3nn's path normalisation, so that the same weights give the same numbers on 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -29,13 +29,23 @@ class Path:
     weight_offset: int
     cg: tuple[tuple[int, int, int, float], ...]  # nonzeros (i, j, k, value), path weight folded in
 
+    def transposed(self) -> "Path":
+        """The adjoint path: ``in[u, i] += sum_jk cg[i, j, k] out[u, k] y[j] w[u]``."""
+        return replace(self, in_offset=self.out_offset, in_dim=self.out_dim, out_offset=self.in_offset,
+                       out_dim=self.in_dim, cg=tuple((k, j, i, v) for i, j, k, v in self.cg))
+
 
 @dataclass(frozen=True)
 class ConvDescriptor:
+    """``irreps_in``, ``irreps_out`` and ``instructions`` describe the forward map; ``transpose``
+    selects its adjoint (``irreps_out -> irreps_in``, the x-gradient), whose ``paths`` are the
+    forward paths transposed. Both lower to one ``plan.ConvPlan``."""
+
     irreps_in: o3.Irreps
     irreps_sh: o3.Irreps
     irreps_out: o3.Irreps
     instructions: tuple[tuple[int, int, int], ...]
+    transpose: bool = False
 
     @staticmethod
     def nequip(irreps_in, irreps_sh, irreps_target) -> "ConvDescriptor":
@@ -64,8 +74,21 @@ class ConvDescriptor:
             if self.irreps_in[i].mul != self.irreps_out[k].mul:
                 raise ValueError(f"uvu path {(i, j, k)} needs equal input and output multiplicity")
 
+    def transposed(self) -> "ConvDescriptor":
+        return replace(self, transpose=not self.transpose)
+
+    @property
+    def irreps_src(self) -> o3.Irreps:
+        """The operand gathered per edge (``irreps_in``, or ``irreps_out`` when transposed)."""
+        return self.irreps_out if self.transpose else self.irreps_in
+
+    @property
+    def irreps_dst(self) -> o3.Irreps:
+        """The operand reduced per row."""
+        return self.irreps_in if self.transpose else self.irreps_out
+
     def e3nn_tensor_product(self) -> o3.TensorProduct:
-        """The e3nn module that defines the truth for this descriptor (per-edge weights, no internal ones)."""
+        """The e3nn module that defines the truth for the forward map (per-edge weights, no internal ones)."""
         return o3.TensorProduct(
             self.irreps_in,
             self.irreps_sh,
@@ -77,6 +100,8 @@ class ConvDescriptor:
 
     @cached_property
     def paths(self) -> tuple[Path, ...]:
+        if self.transpose:
+            return tuple(p.transposed() for p in self.transposed().paths)
         tp = self.e3nn_tensor_product()
         in_slices, sh_slices, out_slices = self.irreps_in.slices(), self.irreps_sh.slices(), self.irreps_out.slices()
         paths, weight_offset = [], 0
