@@ -97,7 +97,7 @@ def bench_case(l_max, parity, backends, graph, repeat, peaks, device):
     config = dict(species=["Cu"], r_max=5.0, l_max=l_max, parity=parity, num_features=32,
                   avg_num_neighbors=e / n, dtype="float32")
     torch.manual_seed(0)
-    models = {name: build_model(dict(config, conv_backend=name)).to(device) for name in backends}
+    models = {name: build_model(config, name).to(device) for name in backends}
     for model in models.values():
         model.load_state_dict(models["reference"].state_dict())
     flops, nbytes = floor_per_edge(d, n, e)

@@ -10,6 +10,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .data.graph import AtomicGraph
 from .model import Potential, load_model
+from .ops import set_backend
 
 
 class NequIPCalculator(Calculator):
@@ -18,14 +19,18 @@ class NequIPCalculator(Calculator):
     ``model_or_path`` is a ``Potential`` (e.g. from ``build_model``) or a path to a saved model,
     a training checkpoint or a deployed ``.pt2`` file (``nequip-fast deploy``). Species are
     matched by element symbol, so the Atoms may list elements in any order; an element the
-    model does not know is an error naming it.
+    model does not know is an error naming it. ``backend`` runs the convolutions of a model on
+    those kernels (``nequip_fast.ops.BACKENDS``; a deployed file has its kernels compiled in).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
-    def __init__(self, model_or_path: Potential | str | Path, device: str = "cpu", **kwargs):
+    def __init__(self, model_or_path: Potential | str | Path, device: str = "cpu", backend: str | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
-        model = model_or_path if isinstance(model_or_path, torch.nn.Module) else _load(model_or_path)
+        model = model_or_path if isinstance(model_or_path, torch.nn.Module) else _load(model_or_path, backend)
+        if backend is not None and isinstance(model, Potential):
+            set_backend(model, backend)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 
@@ -47,9 +52,12 @@ class NequIPCalculator(Calculator):
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
 
 
-def _load(path: str | Path) -> torch.nn.Module:
+def _load(path: str | Path, backend: str | None) -> torch.nn.Module:
     if Path(path).suffix == ".pt2":
         from .deploy import DeployedPotential
 
+        if backend is not None:
+            raise ValueError(f"{path}: a deployed file runs the kernels compiled into it; redeploy with "
+                             f"`nequip-fast deploy --backend {backend}` instead of passing backend=")
         return DeployedPotential(path)
-    return load_model(path)
+    return load_model(path, backend=backend)

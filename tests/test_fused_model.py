@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 from conftest import graph_of, interpreted, random_crystal, random_molecule, small_config
 from nequip_fast.data import batch_graphs
 from nequip_fast.model import build_model
-from nequip_fast.ops.conv import _auto_backend
+from nequip_fast.ops.conv import auto_backend as _auto_backend
 from nequip_fast.ops.fused import load_backend
 
 
@@ -102,3 +102,26 @@ def test_auto_backend_picks_cpu_for_cpu_tensors():
     ref, auto = model_pair("auto", seed=8)
     graph = structures(ref)
     assert rel_err(auto(graph).forces, ref(graph).forces) < 1e-10
+
+
+def test_backend_is_an_execution_setting_not_saved(tmp_path):
+    """The kernel choice is never stored; a checkpoint that stored it (older versions did) still
+    loads, its conv_backend ignored, on the backend the loader picks."""
+    from nequip_fast.model import load_model
+    from nequip_fast.model.io import model_state
+    from nequip_fast.ops import convolutions
+
+    state = model_state(build_model(small_config(conv_backend="reference")))
+    assert "conv_backend" not in state["model_config"]
+    state["model_config"]["conv_backend"] = "no_such_backend"
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt", backend="reference")
+    assert {conv.backend for conv in convolutions(loaded)} == {"reference"}
+
+
+def test_environment_override_announces_itself(monkeypatch):
+    from nequip_fast.ops import resolve_backend
+
+    monkeypatch.setenv("NEQUIP_FAST_CONV_BACKEND", "reference")
+    with pytest.warns(UserWarning, match="NEQUIP_FAST_CONV_BACKEND=reference overrides the conv backend 'cpu'"):
+        assert resolve_backend("cpu") == "reference"

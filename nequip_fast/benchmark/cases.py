@@ -13,6 +13,7 @@ import torch
 from ..data import AtomicGraph
 from ..model import ModelConfig, Potential, build_model
 from ..interop import upstream
+from ..ops import convolutions
 
 UPSTREAM = "upstream"
 UPSTREAM_COMPILED = "upstream-compiled"
@@ -31,14 +32,14 @@ class Calls:
 def conv_layer(model: Potential) -> int:
     """The layer whose conv is timed alone: the one with the most tensor-product paths (the costliest)
     but not the last, whose outputs are scalars only."""
-    layers = model.energy_model.layers
-    sizes = [layer.block.conv.descriptor.weight_numel for layer in layers[:max(1, len(layers) - 1)]]
+    convs = convolutions(model)
+    sizes = [conv.descriptor.weight_numel for conv in convs[:max(1, len(convs) - 1)]]
     return sizes.index(max(sizes))
 
 
 def build_nequip_fast(cfg: ModelConfig, backend: str, state: Optional[dict], device: torch.device) -> Potential:
     torch.manual_seed(0)  # the same weights for every backend, so their energies must agree
-    model = build_model({**cfg.to_dict(), "conv_backend": backend})
+    model = build_model(cfg, backend)
     if state is not None:
         model.load_state_dict(state)
     return model.to(device)
@@ -117,7 +118,7 @@ class Case:
                 pred = self.model(graph, forces=True, stress=self.stress, create_graph=train)
                 return pred.energy, pred.forces
 
-            op = None if conv is None else self.model.energy_model.layers[conv[0]].block.conv
+            op = None if conv is None else convolutions(self.model)[conv[0]]
         conv_forward = conv_forward_backward = None
         if op is not None:
             conv_forward, conv_forward_backward = _conv_calls(op, conv[1], graph, self.dtype, self.device)

@@ -14,6 +14,7 @@ import nequip_fast
 from . import MEASUREMENTS
 from ..interop import upstream
 from .cases import DEPLOYED, UPSTREAM, UPSTREAM_CASES, Case, conv_layer
+from ..ops import convolutions
 from .cost import conv_cost, measure_peaks
 from .memory import measure_in_subprocess
 from .setup import Setup
@@ -119,7 +120,7 @@ def run(options: Options) -> dict:
     conv = None
     if fast:
         layer = conv_layer(fast[0].model)
-        descriptor = fast[0].model.energy_model.layers[layer].block.conv.descriptor
+        descriptor = convolutions(fast[0].model)[layer].descriptor
         conv = (layer, (descriptor.irreps_in.dim, descriptor.irreps_sh.dim, descriptor.weight_numel))
         result["conv"] = {"layer": layer, "irreps_in": str(descriptor.irreps_in),
                           "irreps_sh": str(descriptor.irreps_sh), "weight_numel": descriptor.weight_numel,

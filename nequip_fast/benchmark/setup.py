@@ -67,5 +67,4 @@ class Setup:
         for key in ("per_species_shifts", "per_species_scales"):
             if config.get(key) == "auto":  # training-time statistics: a benchmark has no labels
                 del config[key]
-        config["conv_backend"] = "reference"  # each case picks its own
         return ModelConfig.from_dict(config), state, graph

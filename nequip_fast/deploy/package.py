@@ -24,6 +24,7 @@ import nequip_fast
 
 from ..data.graph import AtomicGraph
 from ..model import Potential, build_model
+from ..ops import auto_backend, convolutions
 from .export import export_program
 
 FORMAT = "nequip_fast.deployed.v2"  # v2: ghost-exchange input (multi-rank LAMMPS)
@@ -46,7 +47,7 @@ def torch_release(version: str) -> str:
     return version.split("+")[0]
 
 
-def metadata_of(model: Potential, device: torch.device) -> dict[str, str]:
+def metadata_of(model: Potential, device: torch.device, backend: str) -> dict[str, str]:
     """Everything ``REQUIRED``: the model's description, its probe values and the fingerprint."""
     cfg = model.config
     meta = {
@@ -58,7 +59,7 @@ def metadata_of(model: Potential, device: torch.device) -> dict[str, str]:
         "num_layers": str(cfg.num_layers),
         "dtype": cfg.dtype,
         "device": device.type,
-        "conv_backend": cfg.conv_backend,
+        "conv_backend": backend,  # the compiled ops the file calls
         "exchange_width": str(model.energy_model.exchange_width),
         "model_config": json.dumps(cfg.to_dict()),
     }
@@ -146,11 +147,8 @@ def check_program(deployed: torch.nn.Module, meta: dict[str, str], where: str) -
 
 
 def with_backend(model: Potential, backend: str) -> Potential:
-    """The same weights behind another convolution backend (state dicts are backend-independent)."""
-    if backend == model.config.conv_backend:
-        return model
-    config = model.config.to_dict() | {"conv_backend": backend}
-    clone = build_model(config)
+    """The same weights behind another convolution backend, leaving ``model`` as it is."""
+    clone = build_model(model.config, backend)
     clone.load_state_dict(model.state_dict())
     return clone.eval()
 
@@ -158,21 +156,20 @@ def with_backend(model: Potential, backend: str) -> Potential:
 def deploy(model: Potential, path: str | Path, device: str = "cpu", backend: str | None = None) -> Path:
     """Export ``model`` (energy, forces, virial) to an AOTInductor package at ``path``.
 
-    ``backend`` replaces the model's conv backend in the file ("auto" is resolved here, for
-    ``device``, because the compiled file cannot choose later).
+    ``backend``: the conv kernels compiled into the file (default: the model's); "auto" is resolved
+    here, for ``device``, because the compiled file cannot choose later.
     """
     device = torch.device(device)
-    model = with_backend(model, backend or model.config.conv_backend)
-    if model.config.conv_backend == "auto":
-        from ..ops.conv import _auto_backend
-
-        model = with_backend(model, _auto_backend(device))
-    if model.config.conv_backend == "triton":
+    backend = backend or convolutions(model)[0].backend
+    if backend == "auto":
+        backend = auto_backend(device)
+    model = with_backend(model, backend)
+    if backend == "triton":
         raise DeployError("the 'triton' conv backend runs Python custom ops, which a compiled file cannot call "
                           "outside Python; deploy with --backend cuda (C++ kernels) or reference")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = metadata_of(model, device)  # before the export moves the model to ``device``
+    metadata = metadata_of(model, device, backend)  # before the export moves the model to ``device``
     program = export_program(model, device)
     # Compile next to the target and rename: an interrupted deploy never leaves half a file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".pt2")

@@ -7,12 +7,13 @@ from typing import Any, Mapping, Optional, Union
 
 from ase.data import atomic_numbers
 
-from ..ops import BACKENDS
-
 DTYPES = ("float32", "float64")
 PARITIES = (True, False, "natural")
 NONLINEARITIES = ("silu", "tanh", "mish", "gelu")  # of the readout MLP (upstream's names)
 ZBL_UNITS = ("metal", "real")
+# Keys that older checkpoints hold but that are no model hyperparameters: ignored when read back.
+# (The kernel choice is an execution setting: build_model/load_model/NequIPCalculator/deploy take it.)
+LEGACY_KEYS = ("conv_backend",)
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,6 @@ class ModelConfig:
     zbl, zbl_units, zbl_polynomial_p: add the ZBL screened nuclear repulsion (LAMMPS ``pair zbl``
         constants, energies in ``metal`` (eV) or ``real`` (kcal/mol) units) with its own polynomial cutoff.
     dtype: "float32" or "float64".
-    conv_backend: which kernel runs the convolution: "auto" (fused for the device), "reference" (e3nn),
-        "cpu", "triton" or "cuda".
     """
 
     species: tuple[str, ...]
@@ -74,13 +73,13 @@ class ModelConfig:
     zbl_units: str = "metal"
     zbl_polynomial_p: float = 6.0
     dtype: str = "float32"
-    conv_backend: str = "auto"
 
     @staticmethod
     def from_dict(config: Mapping[str, Any]) -> "ModelConfig":
         """Validate a plain dict (unknown keys, types and values are errors naming the key)."""
         if not isinstance(config, Mapping):
             raise TypeError(f"model config must be a mapping, got {type(config).__name__}")
+        config = {k: v for k, v in config.items() if k not in LEGACY_KEYS}
         known = {f.name: f for f in dataclasses.fields(ModelConfig)}
         unknown = sorted(set(config) - set(known))
         if unknown:
@@ -132,8 +131,6 @@ class ModelConfig:
             raise ValueError(f"model config 'per_edge_type_cutoff' values must be <= r_max ({self.r_max})")
         if self.dtype not in DTYPES:
             raise ValueError(f"model config 'dtype' must be one of {DTYPES}, got {self.dtype!r}")
-        if self.conv_backend not in BACKENDS:
-            raise ValueError(f"model config 'conv_backend' must be one of {BACKENDS}, got {self.conv_backend!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-safe dict that ``from_dict`` reads back to an equal config."""

@@ -23,12 +23,12 @@ class InteractionBlock(torch.nn.Module):
     value before the sum, as upstream does."""
 
     def __init__(self, irreps_in, irreps_out, irreps_sh, irreps_attrs, num_basis: int,
-                 mlp_depth: int, mlp_width: int, avg_num_neighbors, conv_backend: str):
+                 mlp_depth: int, mlp_width: int, avg_num_neighbors):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
         descriptor = ConvDescriptor.nequip(self.irreps_in, irreps_sh, self.irreps_out)
-        self.conv = TensorProductConv(descriptor, conv_backend)
+        self.conv = TensorProductConv(descriptor)  # backend: an execution setting, ops.set_backend
         self.radial_mlp = RadialMLP([num_basis] + mlp_depth * [mlp_width] + [descriptor.weight_numel])
         self.linear_2 = o3.Linear(descriptor.irreps_out.simplify(), self.irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_attrs, self.irreps_out)

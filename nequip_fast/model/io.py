@@ -5,12 +5,13 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 import nequip_fast
 
+from ..ops import resolve_backend
 from .config import ModelConfig
 from .potential import Potential
 
@@ -43,10 +44,12 @@ def save_model(model: Potential, path: str | Path) -> None:
     atomic_save(model_state(model), path)
 
 
-def model_from_state(state: dict[str, Any]) -> Potential:
+def model_from_state(state: dict[str, Any], backend: Optional[str] = None) -> Potential:
+    """``backend``: the convolution kernels to run (default "auto"; a ``conv_backend`` that older
+    checkpoints stored is ignored)."""
     from . import build_model
 
-    model = build_model(ModelConfig.from_dict(state["model_config"]))
+    model = build_model(ModelConfig.from_dict(state["model_config"]), backend)
     model.load_state_dict(state["state_dict"])
     return model
 
@@ -74,18 +77,21 @@ def read_state(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     return state
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> Potential:
-    """A model saved by ``save_model`` (or a training checkpoint, which holds the same keys)."""
+def load_model(path: str | Path, map_location: str = "cpu", backend: Optional[str] = None) -> Potential:
+    """A model saved by ``save_model`` (or a training checkpoint, which holds the same keys), its
+    convolutions on ``backend`` (default "auto")."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
     if path.suffix == ".pt2":
         raise ModelFileError(f"{path} is a deployed model (.pt2): give the checkpoint it was deployed from (.pt); "
                              "NequIPCalculator and LAMMPS load .pt2 files")
+    if backend is not None:
+        resolve_backend(backend)  # its own error, not one about the file
     state = read_state(path, map_location)
     if "model_config" not in state or "state_dict" not in state:
         raise ModelFileError(f"{path} is not a nequip_fast model or checkpoint (no model_config/state_dict)")
     try:
-        return model_from_state(state).eval()
+        return model_from_state(state, backend).eval()
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelFileError(f"{path}: its model_config and weights do not fit ({str(exc).splitlines()[0]})") from None

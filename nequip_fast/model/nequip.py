@@ -46,7 +46,7 @@ class NequIPEnergy(torch.nn.Module):
             layer = ConvNetLayer(
                 irreps, irreps_hidden, self.irreps_sh, irreps_attrs,
                 num_basis=cfg.num_bessels, mlp_depth=cfg.radial_mlp_depth, mlp_width=cfg.radial_mlp_width,
-                avg_num_neighbors=cfg.avg_num_neighbors, conv_backend=cfg.conv_backend,
+                avg_num_neighbors=cfg.avg_num_neighbors,
             )
             layers.append(layer)
             irreps = layer.irreps_out

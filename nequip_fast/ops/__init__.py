@@ -1,5 +1,6 @@
-"""Equivariant operations: the convolution descriptor, the op seam and its backends."""
-from .conv import BACKENDS, TensorProductConv, resolve_backend
+"""Equivariant operations: the convolution descriptor, its plan, the op seam and its backends."""
+from .conv import BACKENDS, TensorProductConv, auto_backend, convolutions, resolve_backend, set_backend
 from .descriptor import ConvDescriptor, Path
 
-__all__ = ["BACKENDS", "ConvDescriptor", "Path", "TensorProductConv", "resolve_backend"]
+__all__ = ["BACKENDS", "ConvDescriptor", "Path", "TensorProductConv", "auto_backend", "convolutions",
+           "resolve_backend", "set_backend"]

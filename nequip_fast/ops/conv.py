@@ -1,8 +1,9 @@
 """The convolution seam: every interaction block calls ``TensorProductConv``; backends plug in here.
 
 ``reference`` is e3nn + index_add (the truth); ``cpu``, ``cuda`` and ``triton`` run the fused ops of
-``fused.py``; ``auto`` picks a fused backend by the device of the inputs. The environment variable
-``NEQUIP_FAST_CONV_BACKEND`` overrides the configured backend (e.g. to benchmark or debug a model).
+``fused.py``; ``auto`` picks a fused backend by the device of the inputs. The backend is an
+execution setting (``set_backend``), chosen when a model is built, loaded, wrapped or deployed, and
+never saved with it. ``NEQUIP_FAST_CONV_BACKEND`` overrides it as a test/debug switch, with a warning.
 """
 import os
 import warnings
@@ -20,17 +21,22 @@ ENV_BACKEND = "NEQUIP_FAST_CONV_BACKEND"
 
 
 def resolve_backend(name: str) -> str:
-    """The backend to use for a configured ``name`` (after the environment override); fused
+    """The backend to use for a chosen ``name`` (after the announced environment override); fused
     backends other than ``auto`` must load here, or this raises naming the cause."""
-    name = os.environ.get(ENV_BACKEND) or name
+    override = os.environ.get(ENV_BACKEND)
+    if override and override != name:
+        warnings.warn(f"{ENV_BACKEND}={override} overrides the conv backend {name!r} (a test/debug switch)",
+                      stacklevel=2)
+        name = override
     if name not in BACKENDS:
-        raise ValueError(f"unknown conv_backend {name!r}; available: {', '.join(BACKENDS)}")
+        raise ValueError(f"'conv_backend' must be one of {BACKENDS}, got {name!r}")
     if name not in ("auto", "reference"):
         load_backend(name)
     return name
 
 
-def _auto_backend(device: torch.device) -> str:
+def auto_backend(device: torch.device) -> str:
+    """What ``auto`` runs on ``device``: the first fused backend that loads, else ``reference``."""
     preferences = ("cpu",) if device.type == "cpu" else ("cuda", "triton")
     for name in preferences:
         try:
@@ -50,7 +56,7 @@ class TensorProductConv(torch.nn.Module):
     ``sqrt(avg_num_neighbors)``.
     """
 
-    def __init__(self, descriptor: ConvDescriptor, backend: str = "reference"):
+    def __init__(self, descriptor: ConvDescriptor, backend: str = "auto"):
         super().__init__()
         self.descriptor = descriptor
         self.backend = resolve_backend(backend)
@@ -66,7 +72,7 @@ class TensorProductConv(torch.nn.Module):
         self.plan_layout = plan.layout
 
     def _backend_for(self, device: torch.device) -> str:
-        return _auto_backend(device) if self.backend == "auto" else self.backend
+        return auto_backend(device) if self.backend == "auto" else self.backend
 
     def prepare(self, edge_index: torch.Tensor, num_nodes: int) -> Optional[ConvGraph]:
         """The graph operand of the fused kernels (both CSR orders), built once per forward and shared
@@ -90,3 +96,15 @@ class TensorProductConv(torch.nn.Module):
         if graph is None:
             graph = backend.graph(edge_index, x.shape[0])
         return fused_conv(backend, x, sh, weight, ConvPlan(self.plan, self.plan_values, self.plan_layout), graph)
+
+
+def convolutions(module: torch.nn.Module) -> list[TensorProductConv]:
+    """The convolutions of a model, in layer order (e.g. to read their descriptors)."""
+    return [m for m in module.modules() if isinstance(m, TensorProductConv)]
+
+
+def set_backend(module: torch.nn.Module, name: str) -> None:
+    """Run every convolution of ``module`` on backend ``name`` (not saved: the state dict is unchanged)."""
+    name = resolve_backend(name)
+    for conv in convolutions(module):
+        conv.backend = name

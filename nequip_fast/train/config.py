@@ -20,6 +20,7 @@ import yaml
 
 from ..data.dataset import is_ase_index
 from ..model.config import ModelConfig
+from ..ops import BACKENDS
 
 AUTO = "auto"
 # model keys that may be "auto": computed from the training split
@@ -80,6 +81,8 @@ class TrainingConfig:
     num_threads: CPU threads for torch (null: torch's default).
     init_from: a model file (nequip_fast model or checkpoint, e.g. from ``nequip-fast import``) to
         start from: its architecture and weights; new species in the data are added (``train/finetune.py``).
+    conv_backend: kernels of the convolution ("auto": fused for the device; "reference", "cpu",
+        "triton", "cuda"): how this run executes, not saved with the model.
     """
 
     epochs: int = 100
@@ -103,6 +106,7 @@ class TrainingConfig:
     device: str = "auto"
     num_threads: Optional[int] = None
     init_from: Optional[str] = None
+    conv_backend: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,9 @@ def _parse_model(raw: Any) -> dict[str, Any]:
     """Check the model keys now (with placeholders for "auto" and species) so typos fail early."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"model: expected a mapping of keys, got {_show(raw)}")
+    if "conv_backend" in raw:
+        raise ConfigError("model.conv_backend: the kernel choice is no model hyperparameter any more; "
+                          "set training.conv_backend instead")
     _reject_unknown(raw, {f.name for f in dataclasses.fields(ModelConfig)}, "model.")
     for key, value in raw.items():
         numbers = value.values() if isinstance(value, Mapping) else value if isinstance(value, list) else [value]
@@ -224,6 +231,8 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"training.plateau_factor: must be in (0, 1), got {t.plateau_factor}")
     if t.energy_weight == t.forces_weight == t.stress_weight == 0:
         raise ConfigError("training.energy_weight: all loss weights are 0, nothing to train")
+    if t.conv_backend not in BACKENDS:
+        raise ConfigError(f"training.conv_backend: expected one of {', '.join(BACKENDS)}, got {t.conv_backend!r}")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
         raise ConfigError(f"training.device: expected auto, cpu, cuda or cuda:N, got {t.device!r}")
     if not is_ase_index(d.index):
@@ -308,7 +317,8 @@ def _show(value: Any) -> str:
 
 # Settings a resumed run may change freely: how long it goes, where and how fast it runs.
 RESUME_FREE = frozenset({"training.epochs", "training.max_wall_time", "training.early_stopping_patience",
-                         "training.device", "training.num_threads", "model.conv_backend"})
+                         "training.device", "training.num_threads", "training.conv_backend",
+                         "model.conv_backend"})  # model.conv_backend: in runs of older versions
 # Settings ``--resume --accept-changes`` takes (the new values are used): the optimiser's schedule,
 # the batches, and data paths (the user vouches that the files are the same).
 RESUME_ACCEPTABLE = frozenset({f"training.{key}" for key in (

@@ -16,6 +16,7 @@ from ..data import AtomicGraph
 from ..data.statistics import avg_num_neighbors, force_rms, per_species_energy_shifts
 from ..model import ModelConfig, Potential, build_model
 from ..model.io import ModelFileError, model_from_state, model_state, read_state
+from ..ops import set_backend
 from . import checkpoint, plots
 from .checkpoint import BEST, LAST
 from . import finetune
@@ -221,10 +222,10 @@ def _run(config: TrainConfig, resume: bool, accept_changes: bool, out: Path, ddp
             finetune.remap_species(split.graphs, species, model.species)
         species, model_cfg = model.species, model.config
     else:
-        model_cfg = ModelConfig.from_dict({**state["model_config"], "conv_backend": config.model.get(
-            "conv_backend", ModelConfig.conv_backend)}) if state else resolve_model_config(
+        model_cfg = ModelConfig.from_dict(state["model_config"]) if state else resolve_model_config(
             config.model, species, splits["train"].graphs)
         model = build_model(model_cfg)
+    set_backend(model, cfg.conv_backend)
     model = model.to(device)
     trainer = Trainer(model, cfg, splits["train"].graphs, splits["val"].graphs, ddp, device)
     if state:
@@ -338,7 +339,7 @@ def _stop_reason(trainer: Trainer, cfg: TrainingConfig, elapsed: float, epoch_se
 def _final_report(out: Path, splits: dict[str, Split], cfg: TrainingConfig, trainer: Trainer) -> None:
     """Best model on the test split (validation split if there is no test split): table, plots."""
     state = trainer.best_checkpoint() if trainer.best_weights is not None else read_state(out / BEST)
-    best = model_from_state(state).to(trainer.device).eval()
+    best = model_from_state(state, cfg.conv_backend).to(trainer.device).eval()
     name = "test" if splits["test"].frames else "val"
     graphs = splits[name].graphs
     result = evaluate(best, Batches(graphs, cfg.batch_size, False).epoch(0, trainer.device),
