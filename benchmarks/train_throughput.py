@@ -25,8 +25,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ethanol_gfn2_5
 def trainer_for(backend: str, graphs, training) -> Trainer:
     torch.manual_seed(0)
     model_raw = dict(r_max=4.0, num_layers=4, l_max=2, num_features=32, avg_num_neighbors="auto",
-                     per_species_shifts="auto", per_species_scales="auto", conv_backend=backend)
-    model = build_model(resolve_model_config(model_raw, ["H", "C", "O"], graphs))
+                     per_species_shifts="auto", per_species_scales="auto")
+    model = build_model(resolve_model_config(model_raw, ["H", "C", "O"], graphs), backend)
     return Trainer(model, training, graphs, graphs[:5])
 
 
