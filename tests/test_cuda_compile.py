@@ -76,35 +76,41 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("paired", [False, True], ids=["edges", "paired"])
 @pytest.mark.parametrize("bits", [64, 32])
 @pytest.mark.parametrize("irreps", CASES, ids=lambda c: c[0])
-def test_host_emulation_matches_e3nn(emulator, tmp_path, irreps, bits):
+def test_host_emulation_matches_e3nn(emulator, tmp_path, irreps, bits, paired):
+    """Paired: edge k + E/2 reverses edge k and both share weight row k (the gradient of a shared
+    row sums both edges)."""
     descriptor = ConvDescriptor.nequip(*irreps)
     gen = torch.Generator().manual_seed(len(descriptor.paths))
     num_nodes, num_edges = 7, 30
     edge_index = random_graph(num_nodes, num_edges, gen)
+    if paired:
+        edge_index = torch.cat([edge_index[:, :15], edge_index[:, :15].flip(0)], dim=1)
     graph = conv_graph(edge_index, num_nodes)
     plan = lower(descriptor, torch.float64)
     fa, fs, fb, fw = (descriptor.irreps_in.dim, descriptor.irreps_sh.dim, descriptor.irreps_out.dim,
                       descriptor.weight_numel)
     x = torch.randn(num_nodes, fa, dtype=torch.float64, generator=gen, requires_grad=True)
     sh = torch.randn(num_edges, fs, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(num_edges, fw, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.randn(num_edges // 2 if paired else num_edges, fw, dtype=torch.float64, generator=gen,
+                    requires_grad=True)
     g = torch.randn(num_nodes, fb, dtype=torch.float64, generator=gen)
 
     header = torch.tensor([len(plan.layout), plan.ints.numel(), plan.values.numel(), num_nodes, num_edges, fa, fs,
-                           fw, fb, bits], dtype=torch.int64)
+                           fw, fb, bits, w.shape[0]], dtype=torch.int64)
     layout = torch.tensor(plan.layout, dtype=torch.int64)
     blob = b"".join(t.detach().contiguous().numpy().tobytes() for t in (
         header, layout, plan.ints, plan.values, graph.edge_index, graph.ptr, graph.perm, x, sh, w, g))
     (tmp_path / "in.bin").write_bytes(blob)
     subprocess.run([str(emulator), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], check=True)
     result = np.fromfile(tmp_path / "out.bin", dtype=np.float64)
-    sizes = [num_nodes * fb, num_nodes * fa, num_edges * fs, num_edges * fw]
+    sizes = [num_nodes * fb, num_nodes * fa, num_edges * fs, w.numel()]
     assert result.size == sum(sizes)
     out, out_t, g_sh, g_w = (torch.from_numpy(a) for a in np.split(result, np.cumsum(sizes)[:-1]))
 
-    expected = reference_conv(e3nn_float64(descriptor), x, sh, w, edge_index)
+    expected = reference_conv(e3nn_float64(descriptor), x, sh, torch.cat((w, w)) if paired else w, edge_index)
     # segment_conv^T(g) = d<g, conv>/dx; edge_grads = d<g, conv>/d(sh, w) per edge.
     ex_t, ex_sh, ex_w = torch.autograd.grad((expected * g).sum(), (x, sh, w))
     tol = dict(rtol=1e-10, atol=1e-10) if bits == 64 else dict(rtol=1e-5, atol=1e-4)
