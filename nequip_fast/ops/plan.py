@@ -10,7 +10,8 @@ one int32 tensor (columns as in csrc/plan.h, which the C++ and CUDA kernels incl
 - ``a_blocks`` (A, 3)  ``off, dim, mul``: distinct a blocks (the CPU kernels' layout transposes)
 - ``paths``    (P, 10) ``a_off, a_dim, b_off, b_dim, mul, w_off, sh_off, pair_begin, pair_end,
   kptr``, ordered by group
-- ``pairs``    (Q, 4)  ``a, b, term_begin, term_end``: runs of terms with one (a, b) component pair
+- ``pairs``    (Q, 4)  ``a, b, term_begin, term_end``: runs of terms with one (a, b) component pair,
+  ordered by (a, b)
 - ``kptr``     per path ``b_dim + 1`` offsets into the terms: the terms of b component kk
 - ``terms``    (Z, 2)  ``a component, sh column``; the CG values (path normalisation folded in)
   are ``values[values_at + t]``, in the model's dtype (a buffer that ``Module.to`` casts)
@@ -76,13 +77,16 @@ def _orientation(d: ConvDescriptor, int_base: int, value_base: int) -> tuple[lis
             if pg != g:
                 continue
             nonzeros = sorted((k, i, j, v) for i, j, k, v in p.cg)  # (b, a, sh) order
-            pair_begin, kptr_at = len(pairs), len(kptr)
+            pair_begin, kptr_at, runs = len(pairs), len(kptr), []
             for n, (k, i, j, v) in enumerate(nonzeros):
                 if n == 0 or nonzeros[n - 1][:2] != (k, i):
-                    pairs.append([i, k, len(terms), len(terms)])
-                pairs[-1][3] += 1
+                    runs.append([i, k, len(terms), len(terms)])
+                runs[-1][3] += 1
                 terms.append((i, p.sh_offset + j))
                 values.append(v)
+            # Pairs by (a, b): consecutive pairs then update different b rows (the CPU kernel's
+            # accumulators) instead of chaining through one.
+            pairs += sorted(runs)
             kptr += [len(terms) - len(nonzeros) + sum(1 for z in nonzeros if z[0] < kk) for kk in range(p.out_dim + 1)]
             rows.append((p.in_offset, p.in_dim, p.out_offset, p.out_dim, p.mul, p.weight_offset, p.sh_offset,
                          pair_begin, len(pairs), kptr_at))
