@@ -49,7 +49,7 @@ def register(subparsers) -> None:
                              "min_lr, warmup_steps, weight_decay, ema_decay, batch_size, seed and of the data file "
                              "paths instead of refusing them (other changes to the model, data or training "
                              "sections are always refused; epochs, max_wall_time, early_stopping_patience, device, "
-                             "num_threads and model.conv_backend may always change)")
+                             "num_threads and training.conv_backend may always change)")
     parser.add_argument("--output", metavar="DIR", help="output directory (overrides output.directory)")
     parser.set_defaults(func=run)
 
