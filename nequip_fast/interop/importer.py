@@ -117,8 +117,8 @@ def convert(up_model: torch.nn.Module, species: Optional[Sequence[str]] = None, 
     """The nequip_fast model of an upstream model, and its checks: float64 (for a float32 model,
     against upstream's float64 build with its weights), and, for a float32 model, float32 against
     the model as it was."""
-    cfg = upstream.config_from_upstream(up_model, species, dtype, conv_backend)
-    model64 = build_model(ModelConfig.from_dict({**cfg.to_dict(), "dtype": "float64"}))
+    cfg = upstream.config_from_upstream(up_model, species, dtype)
+    model64 = build_model(ModelConfig.from_dict({**cfg.to_dict(), "dtype": "float64"}), conv_backend)
     native = str(getattr(up_model, "model_dtype", torch.float64)).replace("torch.", "")
     up64 = up_model if native == "float64" else float64_twin(up_model, cfg)
     upstream.transfer_weights(up64, model64)  # from float64: upstream's MLP constants are in the model dtype
@@ -130,7 +130,7 @@ def convert(up_model: torch.nn.Module, species: Optional[Sequence[str]] = None, 
     if cfg.dtype == "float64":
         model = model64
     else:
-        model = build_model(cfg)
+        model = build_model(cfg, conv_backend)
         model.load_state_dict({k: v.to(model.dtype) if v.is_floating_point() else v
                                for k, v in model64.state_dict().items()})
     if native != "float64" and cfg.dtype == native:

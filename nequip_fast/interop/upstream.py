@@ -227,7 +227,7 @@ def _species(type_names: Sequence[str], species: Optional[Sequence[str]], net) -
 
 
 def config_from_upstream(model: torch.nn.Module, species: Optional[Sequence[str]] = None,
-                         dtype: Optional[str] = None, conv_backend: str = "auto") -> ModelConfig:
+                         dtype: Optional[str] = None) -> ModelConfig:
     """The nequip_fast config of an upstream ``NequIPGNNModel`` (a ``GraphModel``), read from its modules.
 
     ``species``: the element of each upstream type, in type order (default: the type names, or the
@@ -335,7 +335,7 @@ def config_from_upstream(model: torch.nn.Module, species: Optional[Sequence[str]
         "per_species_scales_trainable": values["scales_trainable"],
         "per_species_shifts_trainable": values["shifts_trainable"],
         "dtype": dtype or str(getattr(model, "model_dtype", torch.float32)).replace("torch.", ""),
-        "conv_backend": conv_backend, **zbl,
+        **zbl,
     }
     return ModelConfig.from_dict(config)
 

@@ -1,9 +1,9 @@
 """Fine-tuning: ``training.init_from: PATH`` starts a run from a model file's weights (a nequip_fast
 model or checkpoint, e.g. one written by ``nequip-fast import``).
 
-The architecture is the source model's; the YAML ``model:`` section may only change execution
-settings (``dtype``, ``conv_backend``). Species of the new data that the source does not know are
-added after its own: their energy shifts are fitted to the training energies with the known
+The architecture is the source model's; the YAML ``model:`` section may only change the ``dtype``
+(the kernels are ``training.conv_backend``). Species of the new data that the source does not know
+are added after its own: their energy shifts are fitted to the training energies with the known
 species' shifts held fixed, their scale is the mean of the known ones, and their embedding and
 self-connection weights start from a fresh initialisation. The known species' weights are copied
 so that, before training, the model gives exactly the source's energies on structures made of them.
@@ -21,7 +21,7 @@ from ..data import AtomicGraph
 from ..model import ModelConfig, Potential, build_model, load_model
 from .config import ConfigError
 
-EXECUTION_KEYS = ("dtype", "conv_backend")
+EXECUTION_KEYS = ("dtype",)
 
 
 def load_source(path: str | Path, model_section: Mapping[str, Any]) -> Potential:
