@@ -10,6 +10,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .data.graph import AtomicGraph
 from .model import Potential, load_model
+from .model.tabulated import tabulate as tabulated
 from .ops import set_backend
 
 
@@ -21,16 +22,25 @@ class NequIPCalculator(Calculator):
     matched by element symbol, so the Atoms may list elements in any order; an element the
     model does not know is an error naming it. ``backend`` runs the convolutions of a model on
     those kernels (``nequip_fast.ops.BACKENDS``; a deployed file has its kernels compiled in).
+
+    ``tabulate=True`` replaces the radial networks of a ``Potential`` by tables
+    (``model.tabulated.tabulate``, within ``tabulate_tolerance``): faster, not bitwise the same.
+    A deployed file was tabulated (or not) when it was deployed.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(self, model_or_path: Potential | str | Path, device: str = "cpu", backend: str | None = None,
-                 **kwargs):
+                 tabulate: bool = False, tabulate_tolerance: float | None = None, **kwargs):
         super().__init__(**kwargs)
         model = model_or_path if isinstance(model_or_path, torch.nn.Module) else _load(model_or_path, backend)
         if backend is not None and isinstance(model, Potential):
             set_backend(model, backend)
+        if tabulate:
+            if not isinstance(model, Potential):
+                raise ValueError("tabulate=True needs a model or checkpoint; a deployed .pt2 is tabulated (or not) "
+                                 "by `nequip-fast deploy --tabulate/--no-tabulate`")
+            model = tabulated(model, tabulate_tolerance)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
 

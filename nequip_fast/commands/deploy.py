@@ -1,6 +1,7 @@
 """``nequip-fast deploy CHECKPOINT OUT.pt2``: a compiled model file for LAMMPS and ``NequIPCalculator``."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -19,6 +20,12 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu", help="device the file runs on: cpu or cuda (default cpu)")
     parser.add_argument("--backend", help="conv backend compiled into the file (default: the model's); "
                         "'cpu' for the fused CPU kernels, 'reference' for e3nn")
+    parser.add_argument("--tabulate", action=argparse.BooleanOptionalAction, default=None,
+                        help="replace the radial networks by cubic tables (faster; forces stay exact gradients of "
+                             "the tabulated energy); default: on for float32 models, off for float64")
+    parser.add_argument("--tabulate-tolerance", type=float, metavar="REL",
+                        help="max error of the tables' weights and of their r-derivative, each relative to the "
+                             "layer's largest value (default 1e-6 in float32, 1e-8 in float64)")
     parser.add_argument("--info", action="store_true", help="only print the metadata of the deployed file MODEL")
     parser.set_defaults(func=run)
 
@@ -40,7 +47,8 @@ def run(args) -> int:
         if not args.info:
             from nequip_fast.model import load_model
 
-            deploy(load_model(args.model), args.output, device=args.device, backend=args.backend)
+            deploy(load_model(args.model), args.output, device=args.device, backend=args.backend,
+                   tabulate=args.tabulate, tolerance=args.tabulate_tolerance)
         meta = read_metadata(args.model if args.info else args.output)
     except (DeployError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"nequip-fast deploy: error: {exc}", file=sys.stderr)

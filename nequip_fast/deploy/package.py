@@ -24,6 +24,7 @@ import nequip_fast
 
 from ..data.graph import AtomicGraph
 from ..model import Potential, build_model
+from ..model.tabulated import tabulate as tabulated
 from ..ops import auto_backend, convolutions
 from .export import export_program
 
@@ -50,6 +51,7 @@ def torch_release(version: str) -> str:
 def metadata_of(model: Potential, device: torch.device, backend: str) -> dict[str, str]:
     """Everything ``REQUIRED``: the model's description, its probe values and the fingerprint."""
     cfg = model.config
+    table = getattr(model, "radial_table", None)
     meta = {
         "format": FORMAT,
         "nequip_fast_version": nequip_fast.__version__,
@@ -61,6 +63,7 @@ def metadata_of(model: Potential, device: torch.device, backend: str) -> dict[st
         "device": device.type,
         "conv_backend": backend,  # the compiled ops the file calls
         "exchange_width": str(model.energy_model.exchange_width),
+        "radial_table": table.summary() if table is not None else "none (radial MLP)",
         "model_config": json.dumps(cfg.to_dict()),
     }
     energy, forces = _probe(model, meta)
@@ -153,17 +156,22 @@ def with_backend(model: Potential, backend: str) -> Potential:
     return clone.eval()
 
 
-def deploy(model: Potential, path: str | Path, device: str = "cpu", backend: str | None = None) -> Path:
+def deploy(model: Potential, path: str | Path, device: str = "cpu", backend: str | None = None,
+           tabulate: bool | None = None, tolerance: float | None = None) -> Path:
     """Export ``model`` (energy, forces, virial) to an AOTInductor package at ``path``.
 
     ``backend``: the conv kernels compiled into the file (default: the model's); "auto" is resolved
-    here, for ``device``, because the compiled file cannot choose later.
+    here, for ``device``, because the compiled file cannot choose later. ``tabulate`` replaces the
+    radial networks by tables within ``tolerance`` (``model.tabulated``); None: for float32 models,
+    whose results it does not visibly change, not for float64 ones.
     """
     device = torch.device(device)
     backend = backend or convolutions(model)[0].backend
     if backend == "auto":
         backend = auto_backend(device)
     model = with_backend(model, backend)
+    if tabulate or (tabulate is None and model.dtype == torch.float32):
+        model = tabulated(model, tolerance)
     if backend == "triton":
         raise DeployError("the 'triton' conv backend runs Python custom ops, which a compiled file cannot call "
                           "outside Python; deploy with --backend cuda (C++ kernels) or reference")

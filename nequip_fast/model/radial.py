@@ -81,7 +81,10 @@ class RadialEmbedding(torch.nn.Module):
 
     def forward(self, r: torch.Tensor, species: Optional[torch.Tensor] = None,
                 edge_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.cutoffs(r, species, edge_index)
+        return self.encode(self.cutoffs(r, species, edge_index))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The basis of the normalised length ``x = r / r_c`` (what ``model.tabulated`` tabulates)."""
         return self.basis(x) * self.cutoff(x).unsqueeze(-1)
 
 
