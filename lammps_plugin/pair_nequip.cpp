@@ -209,37 +209,37 @@ void PairNequIP::compute(int eflag, int vflag) {
 
 // --- ghost exchange (GhostComm): LAMMPS's forward and reverse communication of feature rows ---
 
-at::Tensor PairNequIP::Exchange::forward(const at::Tensor &local) {
-  const int nlocal = pair.atom->nlocal, nall = pair.atom->nlocal + pair.atom->nghost;
-  const int width = static_cast<int>(local.size(1));
+// The rows live in a buffer kept between calls: fresh multi-MB allocations cost page faults every layer.
+at::Tensor PairNequIP::Exchange::rows(int width) {
+  const int64_t nall = pair.atom->nlocal + pair.atom->nghost;
   if (width > pair.comm_forward)
     throw std::runtime_error("ghost exchange of " + std::to_string(width) + " features exceeds the model's "
                              "declared exchange width " + std::to_string(pair.comm_forward));
-  if (pair.comm->nprocs == 1 && pair.ghost_atoms.empty()) return local.clone();  // every ghost folded
-  at::Tensor rows = at::empty({nall, width}, at::kDouble);
-  rows.narrow(0, 0, nlocal).copy_(local);
-  pair.comm_rows = rows.data_ptr<double>();
+  if (buffer.size() < static_cast<size_t>(nall * width)) buffer.resize(nall * width);
+  pair.comm_rows = buffer.data();
   pair.comm_width = width;
-  nequip::forward_comm(pair.comm, &pair, width);  // on every rank: the exchange pairs with the neighbours'
-  pair.comm_rows = nullptr;
-  at::Tensor ghosts = at::from_blob(pair.ghost_atoms.data(), {static_cast<int64_t>(pair.ghost_atoms.size())}, at::kLong);
-  return at::cat({local, rows.index_select(0, ghosts).to(local.options())});
+  return at::from_blob(buffer.data(), {nall, width}, at::kDouble);
 }
 
-at::Tensor PairNequIP::Exchange::reverse(const at::Tensor &all) {
-  const int nlocal = pair.atom->nlocal, nall = pair.atom->nlocal + pair.atom->nghost;
-  const int width = static_cast<int>(all.size(1));
-  if (pair.comm->nprocs == 1 && pair.ghost_atoms.empty()) return all.clone();
-  at::Tensor rows = at::zeros({nall, width}, at::kDouble);
-  at::Tensor host = all.to(at::kCPU, at::kDouble);
-  rows.narrow(0, 0, nlocal).copy_(host.narrow(0, 0, nlocal));
+at::Tensor PairNequIP::Exchange::forward(const at::Tensor &local) {
+  if (pair.comm->nprocs == 1 && pair.ghost_atoms.empty()) return local.clone();  // every ghost folded
+  at::Tensor all = rows(static_cast<int>(local.size(1)));
+  all.narrow(0, 0, local.size(0)).copy_(local);
+  nequip::forward_comm(pair.comm, &pair, pair.comm_width);  // on every rank: it pairs with the neighbours'
   at::Tensor ghosts = at::from_blob(pair.ghost_atoms.data(), {static_cast<int64_t>(pair.ghost_atoms.size())}, at::kLong);
-  rows.index_copy_(0, ghosts, host.narrow(0, nlocal, host.size(0) - nlocal));
-  pair.comm_rows = rows.data_ptr<double>();
-  pair.comm_width = width;
-  nequip::reverse_comm(pair.comm, &pair, width);
-  pair.comm_rows = nullptr;
-  return rows.narrow(0, 0, nlocal).to(all.options());
+  return at::cat({local, all.index_select(0, ghosts).to(local.options())});
+}
+
+at::Tensor PairNequIP::Exchange::reverse(const at::Tensor &grad) {
+  if (pair.comm->nprocs == 1 && pair.ghost_atoms.empty()) return grad.clone();
+  const int64_t nlocal = pair.atom->nlocal, nghost = static_cast<int64_t>(pair.ghost_atoms.size());
+  at::Tensor all = rows(static_cast<int>(grad.size(1)));
+  all.narrow(0, nlocal, all.size(0) - nlocal).zero_();  // LAMMPS ghosts outside the model send nothing
+  all.narrow(0, 0, nlocal).copy_(grad.narrow(0, 0, nlocal));
+  at::Tensor ghosts = at::from_blob(pair.ghost_atoms.data(), {nghost}, at::kLong);
+  all.index_copy_(0, ghosts, grad.narrow(0, nlocal, nghost).to(at::kCPU, at::kDouble));
+  nequip::reverse_comm(pair.comm, &pair, pair.comm_width);
+  return all.narrow(0, 0, nlocal).to(grad.options(), false, true);  // a copy: the buffer is reused
 }
 
 int PairNequIP::pack_forward_comm(int n, int *list, double *buf, int, int *) {

@@ -58,10 +58,12 @@ class PairNequIP : public Pair {
    public:
     explicit Exchange(PairNequIP &pair) : pair(pair) {}
     at::Tensor forward(const at::Tensor &local) override;
-    at::Tensor reverse(const at::Tensor &all) override;
+    at::Tensor reverse(const at::Tensor &grad) override;
 
    private:
+    at::Tensor rows(int width);  // (nlocal + nghost, width) over `buffer`, set up for pack/unpack
     PairNequIP &pair;
+    std::vector<double> buffer;
   } exchange{*this};
   double *comm_rows = nullptr;  // the rows in flight
   int comm_width = 0;
