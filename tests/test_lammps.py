@@ -189,6 +189,21 @@ def test_ranks_equal_one_rank(plugin, one_rank, system, ranks, grid, tmp_path):
         np.testing.assert_allclose(got[key], one[key], rtol=1e-10, atol=1e-10, err_msg=key)
 
 
+def test_ranks_with_fused_kernels(plugin, tmp_path_factory):
+    """The fused cpu conv (and radial tables, float32's deploy default) on 2 ranks equals 1 rank."""
+    from nequip_fast.ops.fused import available_backends
+
+    if "cpu" not in available_backends():
+        pytest.skip("the fused cpu kernels are not built (nequip-fast info says why)")
+    _, pt2 = deployed_model(tmp_path_factory.getbasetemp(), "float32", "cpu")
+    atoms = cu_vacancy(seed=4).repeat((2, 1, 1))
+    one = lammps_single_point(plugin, pt2, atoms, tmp_path_factory.mktemp("fused_one"), SPECIES)
+    two = lammps_single_point(plugin, pt2, atoms, tmp_path_factory.mktemp("fused_two"), SPECIES, ranks=2,
+                              extra="processors 2 1 1")
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=2e-4, err_msg=key)
+
+
 def test_one_shell_of_ghosts(plugin, one_rank, tmp_path):
     """The ghost cutoff is r_max + skin, whatever the number of layers, and rank 0's model graph holds
     its local atoms plus the ghosts within r_max."""
