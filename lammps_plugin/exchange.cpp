@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <stdexcept>
 
 namespace nequip {
@@ -39,10 +40,25 @@ GhostCommScope::~GhostCommScope() { active = previous_; }
 
 }  // namespace nequip
 
-TORCH_LIBRARY_FRAGMENT(nequip_fast, m) {
-  m.def("ghost_exchange(Tensor x, Tensor ghosts) -> Tensor");
-  m.def("ghost_exchange_adjoint(Tensor grad, Tensor ghosts) -> Tensor");
-}
+namespace {
+
+// The schemas are defined once per process: a LAMMPS with pair_style nequip compiled in may also
+// `plugin load` the plugin (LAMMPS then overrides the built-in style), and two definitions of one
+// operator abort. The kernels below register in every copy; the last one loaded serves, and it
+// belongs to the pair style in use, whose GhostCommScope sets this copy's `active`.
+struct DefineOps {
+  std::unique_ptr<torch::Library> library;
+  DefineOps() {
+    if (c10::Dispatcher::singleton().findSchema(c10::OperatorName("nequip_fast::ghost_exchange", "")).has_value())
+      return;
+    library = std::make_unique<torch::Library>(torch::Library::FRAGMENT, "nequip_fast", std::nullopt, __FILE__,
+                                               __LINE__);
+    library->def("ghost_exchange(Tensor x, Tensor ghosts) -> Tensor");
+    library->def("ghost_exchange_adjoint(Tensor grad, Tensor ghosts) -> Tensor");
+  }
+} define_ops;
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(nequip_fast, CPU, m) {
   m.impl("ghost_exchange", &nequip::ghost_exchange);
