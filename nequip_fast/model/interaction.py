@@ -1,4 +1,7 @@
-"""One NequIP layer: linear -> tensor-product convolution -> linear, plus self-connection, then gate."""
+"""One NequIP layer: linear -> tensor-product convolution -> linear, plus self-connection, then gate.
+
+The last three run fused (``epilogue.Epilogue``) on the weights of e3nn's modules, which the layer
+keeps for their parameters and as the reference (``ConvNetLayer.e3nn_epilogue``)."""
 import math
 
 import torch
@@ -7,6 +10,7 @@ from e3nn.nn import Gate
 
 from ..ops import ConvDescriptor, TensorProductConv
 from ..ops.exchange import ghost_exchange
+from .epilogue import Epilogue
 from .radial import RadialMLP
 
 _SCALAR_ACTS = {1: torch.nn.functional.silu, -1: torch.tanh}
@@ -17,7 +21,8 @@ def _path_exists(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, ir_out: o3.Irrep) -
 
 
 class InteractionBlock(torch.nn.Module):
-    """``x -> linear_2(conv(linear_1(x)) / sqrt(avg_num_neighbors)) + self_connection(x, attrs)``.
+    """``x -> conv(linear_1(x))``; the layer then applies ``linear_2(. / sqrt(avg_num_neighbors)) +
+    self_connection(x, attrs)`` and the gate, fused.
 
     Per-species ``avg_num_neighbors`` (a sequence) divide each sender's features by its species'
     value before the sum, as upstream does."""
@@ -40,8 +45,8 @@ class InteractionBlock(torch.nn.Module):
     def forward(self, x, attrs, sh, radial, edge_index, graph, ghosts=None):
         """``x``, ``attrs``: local atoms. ``radial`` has a row per edge, or per pair of paired edges
         (the conv takes either). ``graph``: the conv's prepared graph (``TensorProductConv.prepare``).
-        ``ghosts``: fill ghost atoms' inputs from their owners before the convolution (``ops.exchange``)."""
-        sc = self.self_connection(x, attrs)
+        ``ghosts``: fill ghost atoms' inputs from their owners before the convolution (``ops.exchange``).
+        Returns the convolution output of the local atoms, not yet divided by ``norm``."""
         h = self.linear_1(x)
         if self.sender_norm is not None:
             h = h * (attrs @ self.sender_norm)  # local senders; ghosts receive their owners' rows
@@ -50,7 +55,7 @@ class InteractionBlock(torch.nn.Module):
         h = self.conv(h, sh, self.radial_mlp(radial), edge_index, graph)
         if ghosts is not None:
             h = h[: x.shape[0]]  # rows of ghost receivers are empty
-        return self.linear_2(h * self.norm) + sc
+        return h
 
 
 class ConvNetLayer(torch.nn.Module):
@@ -70,6 +75,12 @@ class ConvNetLayer(torch.nn.Module):
         )
         self.block = InteractionBlock(irreps_in, self.gate.irreps_in, irreps_sh, irreps_attrs, **block_kwargs)
         self.irreps_out = self.gate.irreps_out
+        self.epilogue = Epilogue(self.block.linear_2, self.block.self_connection, self.gate, self.block.norm)
 
     def forward(self, x, attrs, sh, radial, edge_index, graph, ghosts=None):
-        return self.gate(self.block(x, attrs, sh, radial, edge_index, graph, ghosts))
+        h = self.block(x, attrs, sh, radial, edge_index, graph, ghosts)
+        return self.epilogue(h, x, attrs, self.block.linear_2.weight, self.block.self_connection.weight)
+
+    def e3nn_epilogue(self, h, x, attrs):
+        """What ``epilogue`` computes, by e3nn's modules: the reference it is tested against."""
+        return self.gate(self.block.linear_2(h * self.block.norm) + self.block.self_connection(x, attrs))

@@ -1,0 +1,196 @@
+"""A layer's epilogue, linear_2 + self-connection + gate, as one matmul per irrep and one gate pass.
+
+e3nn computes it with three modules: ``o3.Linear`` (an einsum per path), a
+``FullyConnectedTensorProduct`` of the node features with the species one-hot (the per-species
+self-connection) and ``Gate`` (split, activations, an elementwise tensor product, cat), each a pass
+over the node features with its own autograd nodes. Both maps are linear in their inputs, so for
+one irrep the convolution output and the features times the one-hot sit side by side as the
+columns of one matrix and the sum of the two maps is one matmul; the gate then reads column slices
+of its result. The weights stay the e3nn modules' (same state-dict keys, same upstream weight
+transfer); they are assembled into the per-irrep matrices on every call (a few small ops on
+parameters of a few kB), so training sees the same parameters and export folds them.
+"""
+import math
+from typing import Callable, NamedTuple, Optional
+
+import torch
+from e3nn import o3
+from e3nn.nn import Gate
+
+
+class _Block(NamedTuple):
+    """Rows ``mul_in`` (x ``num_species`` for the self-connection) by columns ``mul_out`` of a
+    per-irrep matrix: a view of one e3nn path's weights times its constant, or zeros (no path)."""
+    source: int  # 0: linear_2's weight, 1: the self-connection's, -1: none
+    offset: int
+    rows: int
+    cols: int
+    scale: float
+
+
+class _Group(NamedTuple):
+    """Everything of one irrep: input slices of h and x (flat start, multiplicity), the matrix as
+    row blocks of column blocks, and the permutation of its columns (None when the identity)."""
+    dim: int
+    conv: tuple[tuple[int, int], ...]
+    features: tuple[tuple[int, int], ...]
+    blocks: tuple[tuple[_Block, ...], ...]
+    cols: int
+    perm: Optional[tuple[int, ...]]
+
+
+class _Act(NamedTuple):
+    """``f(x) * cst`` as e3nn's ``normalize2mom`` evaluates it (no multiply when it is the identity)."""
+    f: Callable
+    cst: Optional[float]
+
+
+def _act(act) -> _Act:
+    if act is None:
+        raise ValueError("fused epilogue: a gate path without activation is not supported")
+    return _Act(act.f, None if act._is_id else act.cst)
+
+
+def _apply(act: _Act, x: torch.Tensor) -> torch.Tensor:
+    y = act.f(x)
+    return y if act.cst is None else y.mul(act.cst)
+
+
+def _channels(irreps: o3.Irreps) -> list[tuple[int, o3.Irrep]]:
+    """(flat start, irrep) of every channel of a feature vector."""
+    out, start = [], 0
+    for mul, ir in irreps:
+        out += [(start + u * ir.dim, ir) for u in range(mul)]
+        start += mul * ir.dim
+    return out
+
+
+class Epilogue(torch.nn.Module):
+    """``gate(linear(h * norm) + self_connection(x, attrs))`` from the given e3nn modules' structure;
+    their weights come as arguments of ``forward``."""
+
+    def __init__(self, linear: o3.Linear, self_connection: o3.FullyConnectedTensorProduct, gate: Gate,
+                 norm: float):
+        super().__init__()
+        if linear.irreps_out != gate.irreps_in or self_connection.irreps_out != gate.irreps_in:
+            raise ValueError(f"fused epilogue: linear -> {linear.irreps_out} and self-connection -> "
+                             f"{self_connection.irreps_out} must both give the gate's input {gate.irreps_in}")
+        (num_species, attr_ir), = self_connection.irreps_in2
+        if attr_ir != o3.Irrep("0e") or any(ins.i_in == -1 for ins in linear.instructions):
+            raise ValueError("fused epilogue: needs scalar attributes and a linear without biases")
+        self.num_species = num_species
+        self.irreps_out = gate.irreps_out
+        irreps_out = linear.irreps_out
+
+        paths = {}  # (source, input entry, output entry) -> _Block with rows and cols
+        offset = 0
+        for ins in linear.instructions:
+            mul_in, mul_out = ins.path_shape
+            paths[0, ins.i_in, ins.i_out] = _Block(0, offset, mul_in, mul_out, ins.path_weight * norm)
+            offset += mul_in * mul_out
+        offset = 0
+        for ins in self_connection.instructions:
+            mul_in, _, mul_out = ins.path_shape
+            if ins.connection_mode != "uvw" or not ins.has_weight:
+                raise ValueError(f"fused epilogue: self-connection path {ins} is not a weighted uvw path")
+            # w3j(l, 0, l) is the identity / sqrt(2l+1); component normalisation put sqrt(2l+1) in path_weight
+            dim = self_connection.irreps_out[ins.i_out].ir.dim
+            paths[1, ins.i_in1, ins.i_out] = _Block(1, offset, mul_in * num_species, mul_out,
+                                                    ins.path_weight / math.sqrt(dim))
+            offset += mul_in * num_species * mul_out
+
+        # columns of each irrep in the order the gate reads them: scalars, gates, gated
+        out_channels = _channels(irreps_out)
+        natural = {}  # flat start -> column within its irrep, in linear_2's output order
+        for start, ir in out_channels:
+            natural[start] = sum(1 for s, other in out_channels if other == ir and s < start)
+        sorted_in = gate.sc.cut.irreps_in
+        roles = []  # per role (scalars, gates, gated): the flat starts of its channels in order
+        sorted_starts = [sorted_in[:i].dim for i in range(len(sorted_in))]
+        for entries in gate.sc.cut.instructions:
+            roles.append([sorted_starts[i] + u * sorted_in[i].ir.dim for i in entries for u in range(sorted_in[i].mul)])
+        order, irrep_of = {}, dict(out_channels)  # irrep -> flat starts in gate order
+        for starts in roles:
+            for start in starts:
+                order.setdefault(irrep_of[start], []).append(start)
+
+        groups, column = [], {}  # flat start -> (group, column)
+        for ir in order:
+            perm = tuple(natural[s] for s in order[ir])
+            for c, start in enumerate(order[ir]):
+                column[start] = (len(groups), c)
+            conv = [(i, irreps.mul) for i, irreps in enumerate(linear.irreps_in) if irreps.ir == ir]
+            feats = [(i, irreps.mul) for i, irreps in enumerate(self_connection.irreps_in1) if irreps.ir == ir]
+            outs = [(i, mul) for i, (mul, other) in enumerate(irreps_out) if other == ir]
+            blocks = []
+            for source, inputs in ((0, conv), (1, feats)):
+                for i_in, mul_in in inputs:
+                    rows = mul_in * (num_species if source else 1)
+                    blocks.append(tuple(paths.get((source, i_in, i_out), _Block(-1, 0, rows, mul_out, 0.0))
+                                        for i_out, mul_out in outs))
+            groups.append(_Group(
+                ir.dim,
+                tuple((linear.irreps_in[:i].dim, mul) for i, mul in conv),
+                tuple((self_connection.irreps_in1[:i].dim, mul) for i, mul in feats),
+                tuple(blocks), len(perm), None if perm == tuple(range(len(perm))) else perm))
+        self.groups = tuple(groups)
+
+        # gate: activated scalars, activated gates, gated channels times their gate; runs of adjacent
+        # columns of one group with one activation become one slice
+        def runs(starts, acts):
+            out = []
+            for start, act in zip(starts, acts):
+                g, c = column[start]
+                if out and out[-1][0] == g and out[-1][2] == c and out[-1][3] == act:
+                    out[-1][2] += 1
+                else:
+                    out.append([g, c, c + 1, act])
+            return tuple(tuple(r) for r in out)
+
+        def channel_acts(activation):
+            return [_act(act) for mul, _, act in activation.paths for _ in range(mul)]
+
+        scalars, gates, gated = roles
+        self.scalar_runs = runs(scalars, channel_acts(gate.act_scalars))
+        self.gate_runs = runs(gates, channel_acts(gate.act_gates))
+        gated_runs, k = [], 0  # (group, first column, end column, first gate)
+        for g, c0, c1, _ in runs(gated, [None] * len(gated)):
+            gated_runs.append((g, c0, c1, k))
+            k += c1 - c0
+        self.gated_runs = tuple(gated_runs)
+
+    def _weight(self, group: _Group, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        rows = []
+        for blocks in group.blocks:
+            cols = [weights[b.source].narrow(0, b.offset, b.rows * b.cols).view(b.rows, b.cols) * b.scale
+                    if b.source >= 0 else weights[0].new_zeros(b.rows, b.cols) for b in blocks]
+            rows.append(cols[0] if len(cols) == 1 else torch.cat(cols, dim=1))
+        w = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+        return w if group.perm is None else w[:, list(group.perm)]
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor, attrs: torch.Tensor, linear_weight: torch.Tensor,
+                self_connection_weight: torch.Tensor) -> torch.Tensor:
+        """``h``: convolution output of the local atoms, ``x``: the layer's input features, ``attrs``:
+        species one-hot; rows are atoms. Returns the gate's output."""
+        n = x.shape[0]
+        weights = (linear_weight, self_connection_weight)
+        results = []  # per group (n, dim, columns)
+        for group in self.groups:
+            d = group.dim
+            parts = [h.narrow(1, start, mul * d).view(n, mul, d).transpose(1, 2) for start, mul in group.conv]
+            parts += [(x.narrow(1, start, mul * d).view(n, mul, d).transpose(1, 2).unsqueeze(-1)
+                       * attrs.view(n, 1, 1, self.num_species)).reshape(n, d, mul * self.num_species)
+                      for start, mul in group.features]
+            if not parts:
+                results.append(x.new_zeros(n, d, group.cols))
+                continue
+            a = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+            results.append(torch.mm(a.reshape(n * d, a.shape[2]), self._weight(group, weights)).view(n, d, group.cols))
+        out = [_apply(act, results[g][:, 0, c0:c1]) for g, c0, c1, act in self.scalar_runs]
+        if self.gated_runs:
+            gates = [_apply(act, results[g][:, 0, c0:c1]) for g, c0, c1, act in self.gate_runs]
+            gates = gates[0] if len(gates) == 1 else torch.cat(gates, dim=1)
+            for g, c0, c1, k in self.gated_runs:
+                y = results[g][:, :, c0:c1] * gates[:, None, k:k + c1 - c0]
+                out.append(y.transpose(1, 2).reshape(n, -1))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
