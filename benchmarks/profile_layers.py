@@ -2,6 +2,12 @@
 
     python benchmarks/profile_layers.py                      # l_max 1 and 2, eager, ~5 min on 2 cores
     python benchmarks/profile_layers.py --measure deployed   # deployed .pt2 E+F, tabulated vs not (compiles 4 files)
+    python benchmarks/profile_layers.py --variants table-e3nn table          # fused layer epilogue vs e3nn's, E+F
+    python benchmarks/profile_layers.py --variants mlp-e3nn mlp --measure train   # the same, training step
+
+Variants (the same weights): "mlp" the model as built, "table" with radial tables (inference only,
+not for train), and either with "-e3nn": each layer's epilogue (linear_2 + self-connection + gate)
+computed by e3nn's three modules as before its fusion (model/epilogue.py).
 
 fcc Cu (rattled by 0.05 A, so forces are not zero by symmetry), 1024 atoms, 4 layers, 32 features,
 float32, the fused "cpu" conv, 2 threads: the setup of `nequip-fast benchmark`. Forward time per
@@ -32,7 +38,26 @@ from nequip_fast.model import Potential, build_model
 from nequip_fast.model.tabulated import tabulate
 
 ROWS = ("radial basis", "radial MLP", "spherical harmonics", "linear_1", "conv", "linear_2", "self-connection",
-        "gate", "readout")
+        "gate", "epilogue", "readout")
+VARIANTS = ("mlp", "table", "mlp-e3nn", "table-e3nn")
+
+
+class E3nnEpilogue(torch.nn.Module):
+    """A layer's epilogue by e3nn's linear_2, self-connection and gate (the model before the fusion)."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = (layer,)  # not a submodule: the layer owns the modules
+
+    def forward(self, h, x, attrs, *weights):
+        return self.layer[0].e3nn_epilogue(h, x, attrs)
+
+
+def with_e3nn_epilogue(model: Potential) -> Potential:
+    model = copy.deepcopy(model)
+    for layer in model.energy_model.layers:
+        layer.epilogue = E3nnEpilogue(layer)
+    return model
 
 
 def components(model: Potential) -> list[tuple[str, torch.nn.Module]]:
@@ -43,8 +68,11 @@ def components(model: Potential) -> list[tuple[str, torch.nn.Module]]:
            ("readout", energy.readout)]
     for layer in energy.layers:
         block = layer.block
-        out += [("radial MLP", block.radial_mlp), ("linear_1", block.linear_1), ("conv", block.conv),
-                ("linear_2", block.linear_2), ("self-connection", block.self_connection), ("gate", layer.gate)]
+        out += [("radial MLP", block.radial_mlp), ("linear_1", block.linear_1), ("conv", block.conv)]
+        if isinstance(layer.epilogue, E3nnEpilogue):
+            out += [("linear_2", block.linear_2), ("self-connection", block.self_connection), ("gate", layer.gate)]
+        else:
+            out.append(("epilogue", layer.epilogue))
     return out
 
 
@@ -130,6 +158,25 @@ def profile(models: dict[str, Potential], graph: AtomicGraph, repeats: int, cloc
             for name, into in samples.items()}
 
 
+def train_speed(models: dict[str, Potential], graph: AtomicGraph, repeats: int, clock=time.perf_counter
+                ) -> dict[str, float]:
+    """Median ms of a training step (forces kept differentiable, energy + force loss, backward to the
+    parameters: the double backward), per model, interleaved round by round."""
+    samples: dict[str, list[float]] = defaultdict(list)
+    n = graph.pos.shape[0]
+    for round_ in range(repeats + 1):  # one warm-up round
+        for name, model in models.items():
+            model.train()
+            start = clock()
+            model.zero_grad(set_to_none=True)
+            out = model(graph, forces=True, create_graph=True)
+            ((out.energy / n).square().mean() + out.forces.square().mean()).backward()
+            if round_ > 0:
+                samples[name].append(clock() - start)
+            model.eval()
+    return {name: 1e3 * statistics.median(values) for name, values in samples.items()}
+
+
 def errors(model: Potential, tabulated: Potential, graph: AtomicGraph) -> dict[str, float]:
     """Tabulated vs untabulated (float32) and untabulated float32 vs float64 (its own rounding)."""
     exact = build_model(model.config.to_dict() | {"dtype": "float64"})
@@ -176,22 +223,24 @@ def deployed_speed(model: Potential, tabulated_model: Potential, graph: AtomicGr
     return out
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, variants: list[str]) -> str:
     lmaxes = sorted(results)
-    head = "| ms per call |" + "".join(f" l_max {l} MLP fwd | bwd | table fwd | bwd |" for l in lmaxes)
-    lines = [head, "| --- |" + " ---: |" * 4 * len(lmaxes)]
+    head = "| ms per call |" + "".join(f" l_max {l} {v} fwd | bwd |" for l in lmaxes for v in variants)
+    lines = [head, "| --- |" + " ---: |" * 2 * len(variants) * len(lmaxes)]
     for row in ROWS + ("other", "total"):
         cells = []
         for l in lmaxes:
-            for variant in ("mlp", "table"):
+            for variant in variants:
                 p = results[l][variant]
                 cells += [f"{p[f'fwd {row}']:.1f}", f"{p[f'bwd {row}']:.1f}"]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    cells = []
-    for l in lmaxes:
-        for variant in ("mlp", "table"):
-            cells += [f"{results[l][variant]['plain']:.1f}", ""]
-    lines.append("| E+F without hooks | " + " | ".join(cells) + " |")
+    for label, key in (("E+F without hooks", "plain"), ("training step", "train")):
+        if key in results[lmaxes[0]][variants[0]]:
+            cells = []
+            for l in lmaxes:
+                for variant in variants:
+                    cells += [f"{results[l][variant][key]:.1f}", ""]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -202,14 +251,19 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--tolerance", type=float, help="table tolerance (default: the float32 default)")
-    parser.add_argument("--measure", nargs="+", choices=("profile", "deployed"), default=["profile"],
-                        help="profile: eager per-component times; deployed: deploy both variants and time their E+F")
+    parser.add_argument("--measure", nargs="+", choices=("profile", "train", "deployed"), default=["profile"],
+                        help="profile: eager per-component times; train: eager training step (force loss); "
+                             "deployed: deploy with and without tables and time their E+F")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["mlp", "table"],
+                        help="models profiled side by side (profile, train)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: CPU time of the calling thread (needs --threads 1): on a shared, loaded "
                              "machine it counts this call's work, not the waits for other processes")
     parser.add_argument("--deploy-dir", help="keep (and reuse) the deployed files here")
     parser.add_argument("--json", help="write all numbers here")
     args = parser.parse_args(argv)
+    if "train" in args.measure and any(v.startswith("table") for v in args.variants):
+        parser.error("--measure train: radial tables are for inference; use the mlp variants")
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu measures the calling thread: use --threads 1")
     torch.set_num_threads(args.threads)
@@ -230,16 +284,26 @@ def main(argv=None) -> int:
         entry = {"tabulate_s": time.perf_counter() - start, "radial_table": tabulated.radial_table.summary(),
                  "edges": graph.edge_index.shape[1], "errors": errors(model, tabulated, graph)}
         print(f"l_max {l_max}: {entry['edges']} edges; {entry['radial_table']}; {entry['tabulate_s']:.1f} s", file=sys.stderr)
+        base = {"mlp": model, "table": tabulated}
+        variants = {name: with_e3nn_epilogue(base[name[:-5]]) if name.endswith("-e3nn") else base[name]
+                    for name in args.variants}
+        entry.update({name: {} for name in variants})
         if "profile" in args.measure:
-            entry.update(profile({"mlp": model, "table": tabulated}, graph, args.repeats, clock))
+            entry.update(profile(variants, graph, args.repeats, clock))
+        if "train" in args.measure:
+            for name, ms in train_speed(variants, graph, args.repeats, clock).items():
+                entry[name]["train"] = ms
         if "deployed" in args.measure:
             folder = Path(args.deploy_dir or tempfile.mkdtemp(prefix="profile_layers."))
             folder.mkdir(parents=True, exist_ok=True)
             entry["deployed"] = deployed_speed(model, tabulated, graph, args.repeats, folder, clock)
         results[l_max] = entry
-        print(json.dumps({k: v for k, v in entry.items() if k not in ("mlp", "table")}, indent=1), file=sys.stderr)
+        print(json.dumps({k: v for k, v in entry.items() if k not in VARIANTS}, indent=1), file=sys.stderr)
     if "profile" in args.measure:
-        print(markdown(results))
+        print(markdown(results, args.variants))
+    elif "train" in args.measure:
+        for l_max, entry in results.items():
+            print(f"l_max {l_max} training step ms: " + ", ".join(f"{v} {entry[v]['train']:.1f}" for v in args.variants))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -29,14 +29,16 @@ class _Block(NamedTuple):
 
 
 class _Group(NamedTuple):
-    """Everything of one irrep: input slices of h and x (flat start, multiplicity), the matrix as
-    row blocks of column blocks, and the permutation of its columns (None when the identity)."""
+    """Everything of one irrep: its inputs (indices of linear_2's and of the self-connection's input
+    entries, with multiplicities), the matrix as row blocks of column blocks, the permutation of
+    its columns (None when the identity), and the widths of the column pieces the gate reads."""
     dim: int
     conv: tuple[tuple[int, int], ...]
     features: tuple[tuple[int, int], ...]
     blocks: tuple[tuple[_Block, ...], ...]
     cols: int
     perm: Optional[tuple[int, ...]]
+    pieces: tuple[int, ...]
 
 
 class _Act(NamedTuple):
@@ -128,15 +130,14 @@ class Epilogue(torch.nn.Module):
                     rows = mul_in * (num_species if source else 1)
                     blocks.append(tuple(paths.get((source, i_in, i_out), _Block(-1, 0, rows, mul_out, 0.0))
                                         for i_out, mul_out in outs))
-            groups.append(_Group(
-                ir.dim,
-                tuple((linear.irreps_in[:i].dim, mul) for i, mul in conv),
-                tuple((self_connection.irreps_in1[:i].dim, mul) for i, mul in feats),
-                tuple(blocks), len(perm), None if perm == tuple(range(len(perm))) else perm))
-        self.groups = tuple(groups)
+            groups.append([ir.dim, tuple(conv), tuple(feats), tuple(blocks), len(perm),
+                           None if perm == tuple(range(len(perm))) else perm])
+        self.h_sizes = tuple(mul * ir.dim for mul, ir in linear.irreps_in)
+        self.x_sizes = tuple(mul * ir.dim for mul, ir in self_connection.irreps_in1)
 
         # gate: activated scalars, activated gates, gated channels times their gate; runs of adjacent
-        # columns of one group with one activation become one slice
+        # columns of one group with one activation become one piece of a split (whose backward is
+        # one cat, where a slice's would fill a zero tensor of the whole input per slice)
         def runs(starts, acts):
             out = []
             for start, act in zip(starts, acts):
@@ -153,11 +154,18 @@ class Epilogue(torch.nn.Module):
         scalars, gates, gated = roles
         self.scalar_runs = runs(scalars, channel_acts(gate.act_scalars))
         self.gate_runs = runs(gates, channel_acts(gate.act_gates))
-        gated_runs, k = [], 0  # (group, first column, end column, first gate)
-        for g, c0, c1, _ in runs(gated, [None] * len(gated)):
-            gated_runs.append((g, c0, c1, k))
-            k += c1 - c0
-        self.gated_runs = tuple(gated_runs)
+        gated_runs = runs(gated, [None] * len(gated))
+        all_runs = self.scalar_runs + self.gate_runs + gated_runs
+        piece = {}  # (group, first column) -> piece index
+        for g, group in enumerate(groups):
+            starts = sorted(c0 for rg, c0, _, _ in all_runs if rg == g)
+            piece.update({(g, c0): i for i, c0 in enumerate(starts)})
+            group.append(tuple(c1 - c0 for c0, c1 in zip(starts, starts[1:] + [group[4]])))
+        self.groups = tuple(_Group(*group) for group in groups)
+        self.scalar_runs = tuple((g, piece[g, c0], act) for g, c0, _, act in self.scalar_runs)
+        self.gate_runs = tuple((g, piece[g, c0], act) for g, c0, _, act in self.gate_runs)
+        self.gated_runs = tuple((g, piece[g, c0]) for g, c0, _, _ in gated_runs)
+        self.gate_sizes = tuple(c1 - c0 for _, c0, c1, _ in gated_runs)  # gates per gated piece
 
     def _weight(self, group: _Group, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         rows = []
@@ -174,23 +182,24 @@ class Epilogue(torch.nn.Module):
         species one-hot; rows are atoms. Returns the gate's output."""
         n = x.shape[0]
         weights = (linear_weight, self_connection_weight)
-        results = []  # per group (n, dim, columns)
+        hs, xs = torch.split(h, self.h_sizes, dim=1), torch.split(x, self.x_sizes, dim=1)
+        pieces = []  # per group, its columns (n, dim, width) as the gate reads them
         for group in self.groups:
             d = group.dim
-            parts = [h.narrow(1, start, mul * d).view(n, mul, d).transpose(1, 2) for start, mul in group.conv]
-            parts += [(x.narrow(1, start, mul * d).view(n, mul, d).transpose(1, 2).unsqueeze(-1)
+            parts = [hs[i].view(n, mul, d).transpose(1, 2) for i, mul in group.conv]
+            parts += [(xs[i].view(n, mul, d).transpose(1, 2).unsqueeze(-1)
                        * attrs.view(n, 1, 1, self.num_species)).reshape(n, d, mul * self.num_species)
-                      for start, mul in group.features]
-            if not parts:
-                results.append(x.new_zeros(n, d, group.cols))
-                continue
-            a = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-            results.append(torch.mm(a.reshape(n * d, a.shape[2]), self._weight(group, weights)).view(n, d, group.cols))
-        out = [_apply(act, results[g][:, 0, c0:c1]) for g, c0, c1, act in self.scalar_runs]
+                      for i, mul in group.features]
+            if parts:
+                a = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+                y = torch.mm(a.reshape(n * d, a.shape[2]), self._weight(group, weights)).view(n, d, group.cols)
+            else:
+                y = x.new_zeros(n, d, group.cols)
+            pieces.append(torch.split(y, group.pieces, dim=2))
+        out = [_apply(act, pieces[g][p].view(n, -1)) for g, p, act in self.scalar_runs]
         if self.gated_runs:
-            gates = [_apply(act, results[g][:, 0, c0:c1]) for g, c0, c1, act in self.gate_runs]
-            gates = gates[0] if len(gates) == 1 else torch.cat(gates, dim=1)
-            for g, c0, c1, k in self.gated_runs:
-                y = results[g][:, :, c0:c1] * gates[:, None, k:k + c1 - c0]
-                out.append(y.transpose(1, 2).reshape(n, -1))
+            gates = [_apply(act, pieces[g][p].view(n, -1)) for g, p, act in self.gate_runs]
+            gates = torch.split(gates[0] if len(gates) == 1 else torch.cat(gates, dim=1), self.gate_sizes, dim=1)
+            for (g, p), gate in zip(self.gated_runs, gates):
+                out.append((pieces[g][p] * gate.unsqueeze(1)).transpose(1, 2).reshape(n, -1))
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
