@@ -6,8 +6,8 @@
     python benchmarks/profile_layers.py --variants mlp-e3nn mlp --measure train   # the same, training step
 
 Variants (the same weights): "mlp" the model as built, "table" with radial tables (inference only,
-not for train), and either with "-e3nn": each layer's epilogue (linear_2 + self-connection + gate)
-computed by e3nn's three modules as before its fusion (model/epilogue.py).
+not for train), and either with "-e3nn": each layer's linear_1 and epilogue (linear_2 + self-connection + gate)
+computed by e3nn's modules as before their fusion (model/epilogue.py).
 
 fcc Cu (rattled by 0.05 A, so forces are not zero by symmetry), 1024 atoms, 4 layers, 32 features,
 float32, the fused "cpu" conv, 2 threads: the setup of `nequip-fast benchmark`. Forward time per
@@ -53,10 +53,23 @@ class E3nnEpilogue(torch.nn.Module):
         return self.layer[0].e3nn_epilogue(h, x, attrs)
 
 
-def with_e3nn_epilogue(model: Potential) -> Potential:
+class E3nnLinear(torch.nn.Module):
+    """linear_1 by e3nn's Linear (the model before the fusion)."""
+
+    def __init__(self, linear: torch.nn.Module):
+        super().__init__()
+        self.linear = (linear,)
+
+    def forward(self, x, weight):
+        return self.linear[0](x)
+
+
+def with_e3nn_layers(model: Potential) -> Potential:
+    """A copy whose layers compute linear_1 and the epilogue with e3nn's modules."""
     model = copy.deepcopy(model)
     for layer in model.energy_model.layers:
         layer.epilogue = E3nnEpilogue(layer)
+        layer.block.fused_linear_1 = E3nnLinear(layer.block.linear_1)
     return model
 
 
@@ -68,8 +81,10 @@ def components(model: Potential) -> list[tuple[str, torch.nn.Module]]:
            ("readout", energy.readout)]
     for layer in energy.layers:
         block = layer.block
-        out += [("radial MLP", block.radial_mlp), ("linear_1", block.linear_1), ("conv", block.conv)]
-        if isinstance(layer.epilogue, E3nnEpilogue):
+        e3nn = isinstance(layer.epilogue, E3nnEpilogue)
+        out += [("radial MLP", block.radial_mlp), ("linear_1", block.linear_1 if e3nn else block.fused_linear_1),
+                ("conv", block.conv)]
+        if e3nn:
             out += [("linear_2", block.linear_2), ("self-connection", block.self_connection), ("gate", layer.gate)]
         else:
             out.append(("epilogue", layer.epilogue))
@@ -285,7 +300,7 @@ def main(argv=None) -> int:
                  "edges": graph.edge_index.shape[1], "errors": errors(model, tabulated, graph)}
         print(f"l_max {l_max}: {entry['edges']} edges; {entry['radial_table']}; {entry['tabulate_s']:.1f} s", file=sys.stderr)
         base = {"mlp": model, "table": tabulated}
-        variants = {name: with_e3nn_epilogue(base[name[:-5]]) if name.endswith("-e3nn") else base[name]
+        variants = {name: with_e3nn_layers(base[name[:-5]]) if name.endswith("-e3nn") else base[name]
                     for name in args.variants}
         entry.update({name: {} for name in variants})
         if "profile" in args.measure:

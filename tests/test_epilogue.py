@@ -1,6 +1,6 @@
 """The fused epilogue (linear_2 + self-connection + gate, model/epilogue.py) equals e3nn's three
-modules in every layer of every model option: forward, backward and the double backward of
-force-loss training, in float64 to 1e-12 and float32 to 1e-5."""
+modules, and the fused linear_1 e3nn's Linear, in every layer of every model option: forward,
+backward and the double backward of force-loss training, in float64 to 1e-12 and float32 to 1e-5."""
 import pytest
 import torch
 
@@ -37,18 +37,15 @@ def inputs(layer, num_species: int, dtype: torch.dtype, n: int = 11):
     return h, x, torch.nn.functional.one_hot(species, num_species).to(dtype)
 
 
-def fused(layer, h, x, attrs):
-    return layer.epilogue(h, x, attrs, layer.block.linear_2.weight, layer.block.self_connection.weight)
-
-
-def derivatives(layer, epilogue, h, x, attrs):
-    """Output; gradients of <out, v> w.r.t. h, x and both weights; then the gradient of a loss on the
-    first gradients (as a force loss differentiates forces) w.r.t. the same four."""
-    weights = [layer.block.linear_2.weight, layer.block.self_connection.weight]
-    out = epilogue(layer, h, x, attrs)
+def derivatives(function, inputs, weights):
+    """Output; gradients of <out, v> w.r.t. the inputs and weights; then the gradient of a loss on
+    the inputs' gradients (as a force loss differentiates forces) w.r.t. the same (None where the
+    loss does not depend on one: a linear map's input)."""
+    out = function(*inputs)
     v = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
-    first = torch.autograd.grad((out * v).sum(), [h, x] + weights, create_graph=True)
-    second = torch.autograd.grad(sum(g.pow(2).sum() for g in first[:2]), [h, x] + weights)
+    first = torch.autograd.grad((out * v).sum(), inputs + weights, create_graph=True)
+    second = torch.autograd.grad(sum(g.pow(2).sum() for g in first[:len(inputs)]), inputs + weights,
+                                 allow_unused=True)
     return [out, *first, *second]
 
 
@@ -62,12 +59,24 @@ def test_fused_epilogue_equals_e3nn_modules(name, dtype, tolerance):
     layers, num_species = layers_of(OPTIONS[name], dtype)
     for i, layer in enumerate(layers):
         h, x, attrs = inputs(layer, num_species, dtype)
-        got = derivatives(layer, fused, h, x, attrs)
-        expected = derivatives(layer, lambda layer, *a: layer.e3nn_epilogue(*a), h, x, attrs)
-        labels = ["out", "d/dh", "d/dx", "d/dW_linear", "d/dW_sc", "d2/dh", "d2/dx", "d2/dW_linear", "d2/dW_sc"]
-        for label, a, e in zip(labels, got, expected):
-            assert e.abs().max() > 0, f"layer {i} {label}: the reference is zero, the check would be empty"
-            assert rel_err(a, e) < tolerance, f"layer {i} {label}: relative error {rel_err(a, e):.1e}"
+        block = layer.block
+        cases = {  # name: (fused, reference, inputs, weights)
+            "epilogue": (lambda h, x: layer.epilogue(h, x, attrs, block.linear_2.weight, block.self_connection.weight),
+                         lambda h, x: layer.e3nn_epilogue(h, x, attrs), [h, x],
+                         [block.linear_2.weight, block.self_connection.weight]),
+            "linear_1": (lambda x: block.fused_linear_1(x, block.linear_1.weight), block.linear_1, [x],
+                         [block.linear_1.weight]),
+        }
+        for case, (fused, reference, args, weights) in cases.items():
+            got, expected = derivatives(fused, args, weights), derivatives(reference, args, weights)
+            labels = ["out"] + [f"{order} {k}" for order in ("d", "d2") for k in range(len(args) + len(weights))]
+            assert sum(e is not None for e in expected) > 1 + len(args)  # first and some second derivatives
+            for label, a, e in zip(labels, got, expected):
+                if e is None:
+                    assert a is None or not a.any(), f"layer {i} {case} {label}: should not depend on its input"
+                    continue
+                assert e.abs().max() > 0, f"layer {i} {case} {label}: the reference is zero, the check would be empty"
+                assert rel_err(a, e) < tolerance, f"layer {i} {case} {label}: relative error {rel_err(a, e):.1e}"
 
 
 def test_weights_stay_the_e3nn_modules_parameters():
@@ -78,8 +87,13 @@ def test_weights_stay_the_e3nn_modules_parameters():
     assert {"block.linear_2.weight", "block.self_connection.weight"} <= keys
     assert not any(k.startswith("epilogue.") for k in keys)
     h, x, attrs = inputs(layer, num_species, torch.float64)
-    before = fused(layer, h, x, attrs)
+    assert not layer.epilogue.state_dict() and not layer.block.fused_linear_1.state_dict()
+
+    def fused():
+        return layer.epilogue(h, x, attrs, layer.block.linear_2.weight, layer.block.self_connection.weight)
+
+    before = fused()
     with torch.no_grad():
         layer.block.self_connection.weight.mul_(2.0)
-    assert rel_err(fused(layer, h, x, attrs), layer.e3nn_epilogue(h, x, attrs)) < 1e-12
-    assert (fused(layer, h, x, attrs) - before).abs().max() > 1e-3
+    assert rel_err(fused(), layer.e3nn_epilogue(h, x, attrs)) < 1e-12
+    assert (fused() - before).abs().max() > 1e-3

@@ -67,6 +67,94 @@ def _channels(irreps: o3.Irreps) -> list[tuple[int, o3.Irrep]]:
     return out
 
 
+def _linear_paths(linear: o3.Linear, scale: float) -> dict[tuple[int, int, int], _Block]:
+    """(0, input entry, output entry) -> the path's block of ``linear``'s weight, times ``scale``."""
+    if any(ins.i_in == -1 for ins in linear.instructions):
+        raise ValueError("fused linear: biases are not supported")
+    paths, offset = {}, 0
+    for ins in linear.instructions:
+        mul_in, mul_out = ins.path_shape
+        paths[0, ins.i_in, ins.i_out] = _Block(0, offset, mul_in, mul_out, ins.path_weight * scale)
+        offset += mul_in * mul_out
+    return paths
+
+
+def _inputs_and_blocks(ir: o3.Irrep, paths: dict, irreps_out: o3.Irreps, irreps_in: o3.Irreps,
+                       features: o3.Irreps = o3.Irreps(""), num_species: int = 0):
+    """Of one irrep: the entries of ``irreps_in`` (source 0) and ``features`` (source 1, times
+    ``num_species``) that feed it, and its matrix as row blocks (one per input entry) of column
+    blocks (one per output entry)."""
+    conv = tuple((i, mul) for i, (mul, other) in enumerate(irreps_in) if other == ir)
+    feats = tuple((i, mul) for i, (mul, other) in enumerate(features) if other == ir)
+    outs = [(i, mul) for i, (mul, other) in enumerate(irreps_out) if other == ir]
+    blocks = []
+    for source, inputs in ((0, conv), (1, feats)):
+        for i_in, mul_in in inputs:
+            rows = mul_in * (num_species if source else 1)
+            blocks.append(tuple(paths.get((source, i_in, i_out), _Block(-1, 0, rows, mul_out, 0.0))
+                                for i_out, mul_out in outs))
+    return conv, feats, tuple(blocks)
+
+
+def _row_weights(group: _Group, weights: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The group's matrix, one row block (input entry) at a time, columns in the group's order."""
+    out = []
+    for blocks in group.blocks:
+        cols = [weights[b.source].narrow(0, b.offset, b.rows * b.cols).view(b.rows, b.cols) * b.scale
+                if b.source >= 0 else weights[0].new_zeros(b.rows, b.cols) for b in blocks]
+        w = cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
+        out.append(w if group.perm is None else w[:, list(group.perm)])
+    return out
+
+
+def _products(groups: tuple[_Group, ...], hs: tuple[torch.Tensor, ...], xs: tuple[torch.Tensor, ...],
+              attrs: Optional[torch.Tensor], weights: tuple[torch.Tensor, ...], n: int
+              ) -> list[tuple[torch.Tensor, ...]]:
+    """Per irrep, ``[h | x (x) attrs] @ W`` as (n, dim, columns), split into its pieces: one matmul
+    (accumulated) per input entry, whose (n * dim, mul) operand is that entry transposed. ``hs``,
+    ``xs``: the inputs split by entry, so that their backward is one cat (a slice's fills a zero
+    tensor of the whole input)."""
+    out = []
+    for group in groups:
+        d = group.dim
+        parts = [hs[i].view(n, mul, d) for i, mul in group.conv]
+        if attrs is not None:
+            s = attrs.shape[1]
+            parts += [(xs[i].view(n, mul, 1, d) * attrs.view(n, 1, s, 1)).view(n, mul * s, d)
+                      for i, mul in group.features]
+        y = None
+        for part, w in zip(parts, _row_weights(group, weights)):
+            a = part.transpose(1, 2).reshape(n * d, part.shape[1])
+            y = torch.mm(a, w) if y is None else torch.addmm(y, a, w)
+        y = hs[0].new_zeros(n * d, group.cols) if y is None else y
+        out.append(torch.split(y.view(n, d, group.cols), group.pieces, dim=2))
+    return out
+
+
+class IrrepLinear(torch.nn.Module):
+    """``o3.Linear`` (no biases) as one matmul per irrep; its weight comes as an argument of
+    ``forward``. e3nn's is an einsum per path and a slice per input entry."""
+
+    def __init__(self, linear: o3.Linear):
+        super().__init__()
+        paths, groups, self.order = _linear_paths(linear, 1.0), [], []
+        for ir in dict.fromkeys(ir for _, ir in linear.irreps_out):
+            conv, feats, blocks = _inputs_and_blocks(ir, paths, linear.irreps_out, linear.irreps_in)
+            outs = [i for i, (_, other) in enumerate(linear.irreps_out) if other == ir]
+            self.order += [(i, len(groups), p) for p, i in enumerate(outs)]
+            groups.append(_Group(ir.dim, conv, feats, blocks, sum(linear.irreps_out[i].mul for i in outs), None,
+                                 tuple(linear.irreps_out[i].mul for i in outs)))
+        self.order = tuple((g, p) for _, g, p in sorted(self.order))
+        self.groups = tuple(groups)
+        self.sizes = tuple(mul * ir.dim for mul, ir in linear.irreps_in)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        pieces = _products(self.groups, torch.split(x, self.sizes, dim=1), (), None, (weight,), n)
+        out = [pieces[g][p].transpose(1, 2).reshape(n, -1) for g, p in self.order]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+
 class Epilogue(torch.nn.Module):
     """``gate(linear(h * norm) + self_connection(x, attrs))`` from the given e3nn modules' structure;
     their weights come as arguments of ``forward``."""
@@ -78,18 +166,11 @@ class Epilogue(torch.nn.Module):
             raise ValueError(f"fused epilogue: linear -> {linear.irreps_out} and self-connection -> "
                              f"{self_connection.irreps_out} must both give the gate's input {gate.irreps_in}")
         (num_species, attr_ir), = self_connection.irreps_in2
-        if attr_ir != o3.Irrep("0e") or any(ins.i_in == -1 for ins in linear.instructions):
-            raise ValueError("fused epilogue: needs scalar attributes and a linear without biases")
-        self.num_species = num_species
-        self.irreps_out = gate.irreps_out
+        if attr_ir != o3.Irrep("0e"):
+            raise ValueError("fused epilogue: needs scalar attributes")
         irreps_out = linear.irreps_out
 
-        paths = {}  # (source, input entry, output entry) -> _Block with rows and cols
-        offset = 0
-        for ins in linear.instructions:
-            mul_in, mul_out = ins.path_shape
-            paths[0, ins.i_in, ins.i_out] = _Block(0, offset, mul_in, mul_out, ins.path_weight * norm)
-            offset += mul_in * mul_out
+        paths = _linear_paths(linear, norm)  # (source, input entry, output entry) -> _Block
         offset = 0
         for ins in self_connection.instructions:
             mul_in, _, mul_out = ins.path_shape
@@ -121,17 +202,9 @@ class Epilogue(torch.nn.Module):
             perm = tuple(natural[s] for s in order[ir])
             for c, start in enumerate(order[ir]):
                 column[start] = (len(groups), c)
-            conv = [(i, irreps.mul) for i, irreps in enumerate(linear.irreps_in) if irreps.ir == ir]
-            feats = [(i, irreps.mul) for i, irreps in enumerate(self_connection.irreps_in1) if irreps.ir == ir]
-            outs = [(i, mul) for i, (mul, other) in enumerate(irreps_out) if other == ir]
-            blocks = []
-            for source, inputs in ((0, conv), (1, feats)):
-                for i_in, mul_in in inputs:
-                    rows = mul_in * (num_species if source else 1)
-                    blocks.append(tuple(paths.get((source, i_in, i_out), _Block(-1, 0, rows, mul_out, 0.0))
-                                        for i_out, mul_out in outs))
-            groups.append([ir.dim, tuple(conv), tuple(feats), tuple(blocks), len(perm),
-                           None if perm == tuple(range(len(perm))) else perm])
+            conv, feats, blocks = _inputs_and_blocks(ir, paths, irreps_out, linear.irreps_in,
+                                                     self_connection.irreps_in1, num_species)
+            groups.append([ir.dim, conv, feats, blocks, len(perm), None if perm == tuple(range(len(perm))) else perm])
         self.h_sizes = tuple(mul * ir.dim for mul, ir in linear.irreps_in)
         self.x_sizes = tuple(mul * ir.dim for mul, ir in self_connection.irreps_in1)
 
@@ -167,35 +240,13 @@ class Epilogue(torch.nn.Module):
         self.gated_runs = tuple((g, piece[g, c0]) for g, c0, _, _ in gated_runs)
         self.gate_sizes = tuple(c1 - c0 for _, c0, c1, _ in gated_runs)  # gates per gated piece
 
-    def _weight(self, group: _Group, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        rows = []
-        for blocks in group.blocks:
-            cols = [weights[b.source].narrow(0, b.offset, b.rows * b.cols).view(b.rows, b.cols) * b.scale
-                    if b.source >= 0 else weights[0].new_zeros(b.rows, b.cols) for b in blocks]
-            rows.append(cols[0] if len(cols) == 1 else torch.cat(cols, dim=1))
-        w = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
-        return w if group.perm is None else w[:, list(group.perm)]
-
     def forward(self, h: torch.Tensor, x: torch.Tensor, attrs: torch.Tensor, linear_weight: torch.Tensor,
                 self_connection_weight: torch.Tensor) -> torch.Tensor:
         """``h``: convolution output of the local atoms, ``x``: the layer's input features, ``attrs``:
         species one-hot; rows are atoms. Returns the gate's output."""
         n = x.shape[0]
-        weights = (linear_weight, self_connection_weight)
-        hs, xs = torch.split(h, self.h_sizes, dim=1), torch.split(x, self.x_sizes, dim=1)
-        pieces = []  # per group, its columns (n, dim, width) as the gate reads them
-        for group in self.groups:
-            d = group.dim
-            parts = [hs[i].view(n, mul, d).transpose(1, 2) for i, mul in group.conv]
-            parts += [(xs[i].view(n, mul, d).transpose(1, 2).unsqueeze(-1)
-                       * attrs.view(n, 1, 1, self.num_species)).reshape(n, d, mul * self.num_species)
-                      for i, mul in group.features]
-            if parts:
-                a = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-                y = torch.mm(a.reshape(n * d, a.shape[2]), self._weight(group, weights)).view(n, d, group.cols)
-            else:
-                y = x.new_zeros(n, d, group.cols)
-            pieces.append(torch.split(y, group.pieces, dim=2))
+        pieces = _products(self.groups, torch.split(h, self.h_sizes, dim=1), torch.split(x, self.x_sizes, dim=1),
+                           attrs, (linear_weight, self_connection_weight), n)
         out = [_apply(act, pieces[g][p].view(n, -1)) for g, p, act in self.scalar_runs]
         if self.gated_runs:
             gates = [_apply(act, pieces[g][p].view(n, -1)) for g, p, act in self.gate_runs]

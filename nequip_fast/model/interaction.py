@@ -1,7 +1,9 @@
 """One NequIP layer: linear -> tensor-product convolution -> linear, plus self-connection, then gate.
 
-The last three run fused (``epilogue.Epilogue``) on the weights of e3nn's modules, which the layer
-keeps for their parameters and as the reference (``ConvNetLayer.e3nn_epilogue``)."""
+The last three run fused (``epilogue.Epilogue``), and the first linear as one matmul per irrep
+(``epilogue.IrrepLinear``), on the weights of e3nn's modules, which the layer keeps for their
+parameters (state-dict keys, upstream weight transfer) and as the reference
+(``ConvNetLayer.e3nn_epilogue``, ``linear_1``)."""
 import math
 
 import torch
@@ -10,7 +12,7 @@ from e3nn.nn import Gate
 
 from ..ops import ConvDescriptor, TensorProductConv
 from ..ops.exchange import ghost_exchange
-from .epilogue import Epilogue
+from .epilogue import Epilogue, IrrepLinear
 from .radial import RadialMLP
 
 _SCALAR_ACTS = {1: torch.nn.functional.silu, -1: torch.tanh}
@@ -32,6 +34,7 @@ class InteractionBlock(torch.nn.Module):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
+        self.fused_linear_1 = IrrepLinear(self.linear_1)  # computes linear_1 on its weight
         descriptor = ConvDescriptor.nequip(self.irreps_in, irreps_sh, self.irreps_out)
         self.conv = TensorProductConv(descriptor)  # backend: an execution setting, ops.set_backend
         self.radial_mlp = RadialMLP([num_basis] + mlp_depth * [mlp_width] + [descriptor.weight_numel])
@@ -47,7 +50,7 @@ class InteractionBlock(torch.nn.Module):
         (the conv takes either). ``graph``: the conv's prepared graph (``TensorProductConv.prepare``).
         ``ghosts``: fill ghost atoms' inputs from their owners before the convolution (``ops.exchange``).
         Returns the convolution output of the local atoms, not yet divided by ``norm``."""
-        h = self.linear_1(x)
+        h = self.fused_linear_1(x, self.linear_1.weight)
         if self.sender_norm is not None:
             h = h * (attrs @ self.sender_norm)  # local senders; ghosts receive their owners' rows
         if ghosts is not None:
