@@ -79,14 +79,13 @@ def _linear_paths(linear: o3.Linear, scale: float) -> dict[tuple[int, int, int],
     return paths
 
 
-def _inputs_and_blocks(ir: o3.Irrep, paths: dict, irreps_out: o3.Irreps, irreps_in: o3.Irreps,
+def _inputs_and_blocks(ir: o3.Irrep, paths: dict, outs: list[tuple[int, int]], irreps_in: o3.Irreps,
                        features: o3.Irreps = o3.Irreps(""), num_species: int = 0):
-    """Of one irrep: the entries of ``irreps_in`` (source 0) and ``features`` (source 1, times
-    ``num_species``) that feed it, and its matrix as row blocks (one per input entry) of column
-    blocks (one per output entry)."""
+    """For output entries ``outs`` (index, multiplicity) of irrep ``ir``: the entries of ``irreps_in``
+    (source 0) and ``features`` (source 1, times ``num_species``) that feed them, and their matrix as
+    row blocks (one per input entry) of column blocks (one per output entry)."""
     conv = tuple((i, mul) for i, (mul, other) in enumerate(irreps_in) if other == ir)
     feats = tuple((i, mul) for i, (mul, other) in enumerate(features) if other == ir)
-    outs = [(i, mul) for i, (mul, other) in enumerate(irreps_out) if other == ir]
     blocks = []
     for source, inputs in ((0, conv), (1, feats)):
         for i_in, mul_in in inputs:
@@ -127,31 +126,29 @@ def _products(groups: tuple[_Group, ...], hs: tuple[torch.Tensor, ...], xs: tupl
             a = part.transpose(1, 2).reshape(n * d, part.shape[1])
             y = torch.mm(a, w) if y is None else torch.addmm(y, a, w)
         y = hs[0].new_zeros(n * d, group.cols) if y is None else y
-        out.append(torch.split(y.view(n, d, group.cols), group.pieces, dim=2))
+        y = y.view(n, d, group.cols)
+        # no split into one piece: export re-traces the backward's cat of it with other strides
+        out.append(torch.split(y, group.pieces, dim=2) if len(group.pieces) > 1 else (y,))
     return out
 
 
 class IrrepLinear(torch.nn.Module):
-    """``o3.Linear`` (no biases) as one matmul per irrep; its weight comes as an argument of
-    ``forward``. e3nn's is an einsum per path and a slice per input entry."""
+    """``o3.Linear`` (no biases) as one matmul per output entry and input entry of its irrep; its
+    weight comes as an argument of ``forward``. e3nn's is an einsum per path and a slice per input."""
 
     def __init__(self, linear: o3.Linear):
         super().__init__()
-        paths, groups, self.order = _linear_paths(linear, 1.0), [], []
-        for ir in dict.fromkeys(ir for _, ir in linear.irreps_out):
-            conv, feats, blocks = _inputs_and_blocks(ir, paths, linear.irreps_out, linear.irreps_in)
-            outs = [i for i, (_, other) in enumerate(linear.irreps_out) if other == ir]
-            self.order += [(i, len(groups), p) for p, i in enumerate(outs)]
-            groups.append(_Group(ir.dim, conv, feats, blocks, sum(linear.irreps_out[i].mul for i in outs), None,
-                                 tuple(linear.irreps_out[i].mul for i in outs)))
-        self.order = tuple((g, p) for _, g, p in sorted(self.order))
+        paths, groups = _linear_paths(linear, 1.0), []
+        for i_out, (mul, ir) in enumerate(linear.irreps_out):  # a group per output entry: one piece each
+            conv, feats, blocks = _inputs_and_blocks(ir, paths, [(i_out, mul)], linear.irreps_in)
+            groups.append(_Group(ir.dim, conv, feats, blocks, mul, None, (mul,)))
         self.groups = tuple(groups)
         self.sizes = tuple(mul * ir.dim for mul, ir in linear.irreps_in)
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         pieces = _products(self.groups, torch.split(x, self.sizes, dim=1), (), None, (weight,), n)
-        out = [pieces[g][p].transpose(1, 2).reshape(n, -1) for g, p in self.order]
+        out = [y.transpose(1, 2).reshape(n, -1) for y, in pieces]
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
@@ -202,8 +199,9 @@ class Epilogue(torch.nn.Module):
             perm = tuple(natural[s] for s in order[ir])
             for c, start in enumerate(order[ir]):
                 column[start] = (len(groups), c)
-            conv, feats, blocks = _inputs_and_blocks(ir, paths, irreps_out, linear.irreps_in,
-                                                     self_connection.irreps_in1, num_species)
+            outs = [(i, mul) for i, (mul, other) in enumerate(irreps_out) if other == ir]
+            conv, feats, blocks = _inputs_and_blocks(ir, paths, outs, linear.irreps_in, self_connection.irreps_in1,
+                                                     num_species)
             groups.append([ir.dim, conv, feats, blocks, len(perm), None if perm == tuple(range(len(perm))) else perm])
         self.h_sizes = tuple(mul * ir.dim for mul, ir in linear.irreps_in)
         self.x_sizes = tuple(mul * ir.dim for mul, ir in self_connection.irreps_in1)
