@@ -4,6 +4,7 @@
     python benchmarks/profile_layers.py --measure deployed   # deployed .pt2 E+F, tabulated vs not (compiles 4 files)
     python benchmarks/profile_layers.py --variants table-e3nn table          # fused layer epilogue vs e3nn's, E+F
     python benchmarks/profile_layers.py --variants mlp-e3nn mlp --measure train   # the same, training step
+    python benchmarks/profile_layers.py --measure epilogue   # each layer's epilogue alone, fused vs e3nn
 
 Variants (the same weights): "mlp" the model as built, "table" with radial tables (inference only,
 not for train), and either with "-e3nn": each layer's linear_1 and epilogue (linear_2 + self-connection + gate)
@@ -192,6 +193,33 @@ def train_speed(models: dict[str, Potential], graph: AtomicGraph, repeats: int, 
     return {name: 1e3 * statistics.median(values) for name, values in samples.items()}
 
 
+def epilogue_speed(model: Potential, num_atoms: int, repeats: int, clock=time.perf_counter) -> list[dict]:
+    """Per layer, median ms of the fused epilogue and of e3nn's three modules, forward and backward
+    (to h and x, as E+F needs), on random inputs of the layer's sizes, interleaved."""
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for layer in model.energy_model.layers:
+        block = layer.block
+        h = torch.randn(num_atoms, block.linear_2.irreps_in.dim, generator=gen, dtype=model.dtype, requires_grad=True)
+        x = torch.randn(num_atoms, block.irreps_in.dim, generator=gen, dtype=model.dtype, requires_grad=True)
+        attrs = torch.ones(num_atoms, 1, dtype=model.dtype)
+        calls = {"fused": lambda: layer.epilogue(h, x, attrs, block.linear_2.weight, block.self_connection.weight),
+                 "e3nn": lambda: layer.e3nn_epilogue(h, x, attrs)}
+        samples: dict[str, list[float]] = defaultdict(list)
+        for round_ in range(repeats + 1):
+            for name, call in calls.items():
+                start = clock()
+                y = call()
+                mid = clock()
+                torch.autograd.grad(y.sum(), [h, x])
+                if round_ > 0:
+                    samples[f"{name} fwd"].append(mid - start)
+                    samples[f"{name} bwd"].append(clock() - mid)
+        out.append({"irreps": f"{block.linear_2.irreps_in} -> {layer.gate.irreps_out}"}
+                   | {key: 1e3 * statistics.median(v) for key, v in samples.items()})
+    return out
+
+
 def errors(model: Potential, tabulated: Potential, graph: AtomicGraph) -> dict[str, float]:
     """Tabulated vs untabulated (float32) and untabulated float32 vs float64 (its own rounding)."""
     exact = build_model(model.config.to_dict() | {"dtype": "float64"})
@@ -266,8 +294,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--tolerance", type=float, help="table tolerance (default: the float32 default)")
-    parser.add_argument("--measure", nargs="+", choices=("profile", "train", "deployed"), default=["profile"],
+    parser.add_argument("--measure", nargs="+", choices=("profile", "train", "epilogue", "deployed"),
+                        default=["profile"],
                         help="profile: eager per-component times; train: eager training step (force loss); "
+                             "epilogue: each layer's fused epilogue vs e3nn's modules alone; "
                              "deployed: deploy with and without tables and time their E+F")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["mlp", "table"],
                         help="models profiled side by side (profile, train)")
@@ -308,6 +338,11 @@ def main(argv=None) -> int:
         if "train" in args.measure:
             for name, ms in train_speed(variants, graph, args.repeats, clock).items():
                 entry[name]["train"] = ms
+        if "epilogue" in args.measure:
+            entry["epilogue"] = epilogue_speed(model, args.atoms, args.repeats, clock)
+            for i, row in enumerate(entry["epilogue"]):
+                print(f"l_max {l_max} layer {i} epilogue ({row['irreps']}) ms fwd/bwd: fused "
+                      f"{row['fused fwd']:.2f}/{row['fused bwd']:.2f}, e3nn {row['e3nn fwd']:.2f}/{row['e3nn bwd']:.2f}")
         if "deployed" in args.measure:
             folder = Path(args.deploy_dir or tempfile.mkdtemp(prefix="profile_layers."))
             folder.mkdir(parents=True, exist_ok=True)
