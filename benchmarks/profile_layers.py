@@ -341,8 +341,9 @@ def main(argv=None) -> int:
         if "epilogue" in args.measure:
             entry["epilogue"] = epilogue_speed(model, args.atoms, args.repeats, clock)
             for i, row in enumerate(entry["epilogue"]):
-                print(f"l_max {l_max} layer {i} epilogue ({row['irreps']}) ms fwd/bwd: fused "
-                      f"{row['fused fwd']:.2f}/{row['fused bwd']:.2f}, e3nn {row['e3nn fwd']:.2f}/{row['e3nn bwd']:.2f}")
+                print(f"l_max {l_max} layer {i} epilogue ({row['irreps']}) ms fwd/bwd: "
+                      f"fused {row['fused fwd']:.2f}/{row['fused bwd']:.2f}, "
+                      f"e3nn {row['e3nn fwd']:.2f}/{row['e3nn bwd']:.2f}")
         if "deployed" in args.measure:
             folder = Path(args.deploy_dir or tempfile.mkdtemp(prefix="profile_layers."))
             folder.mkdir(parents=True, exist_ok=True)
@@ -353,7 +354,8 @@ def main(argv=None) -> int:
         print(markdown(results, args.variants))
     elif "train" in args.measure:
         for l_max, entry in results.items():
-            print(f"l_max {l_max} training step ms: " + ", ".join(f"{v} {entry[v]['train']:.1f}" for v in args.variants))
+            times = ", ".join(f"{v} {entry[v]['train']:.1f}" for v in args.variants)
+            print(f"l_max {l_max} training step ms: {times}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -1,14 +1,16 @@
-"""A layer's epilogue, linear_2 + self-connection + gate, as one matmul per irrep and one gate pass.
+"""A layer's epilogue, linear_2 + self-connection + gate, as matmuls per irrep and one gate pass;
+and linear_1 the same way.
 
-e3nn computes it with three modules: ``o3.Linear`` (an einsum per path), a
+e3nn computes the epilogue with three modules: ``o3.Linear`` (an einsum per path), a
 ``FullyConnectedTensorProduct`` of the node features with the species one-hot (the per-species
 self-connection) and ``Gate`` (split, activations, an elementwise tensor product, cat), each a pass
 over the node features with its own autograd nodes. Both maps are linear in their inputs, so for
-one irrep the convolution output and the features times the one-hot sit side by side as the
-columns of one matrix and the sum of the two maps is one matmul; the gate then reads column slices
-of its result. The weights stay the e3nn modules' (same state-dict keys, same upstream weight
-transfer); they are assembled into the per-irrep matrices on every call (a few small ops on
-parameters of a few kB), so training sees the same parameters and export folds them.
+one irrep the convolution output and the features times the one-hot are row blocks of one matrix
+product, accumulated into one output per irrep (``addmm``); the gate then reads pieces of it. The
+weights stay the e3nn modules' (same state-dict keys, same upstream weight transfer); they are
+assembled into the per-irrep matrices on every call (a few small ops on parameters of a few kB),
+so training sees the same parameters and export folds them. Pure torch: autograd gives the
+backward and the double backward, and torch.export understands it.
 """
 import math
 from typing import Callable, NamedTuple, Optional
