@@ -14,6 +14,11 @@ from nequip_fast.model.zbl import COULOMB
 
 OPTION_SETS = {
     "natural parity, uneven l_max 3": dict(parity="natural", l_max=3, num_features=[6, 4, 3, 2]),
+    # l_max 4: the highest order upstream offers, where CG paths (and any kernel's tiling) are largest
+    "natural parity, uneven l_max 4": dict(parity="natural", l_max=4, num_features=[5, 4, 3, 2, 2],
+                                           type_embed_num_features=3),
+    "both parities, uneven l_max 4, ZBL, cutoffs": dict(
+        l_max=4, num_features=[4, 3, 2, 2, 1], zbl=True, per_edge_type_cutoff={"H": 2.8, "O": {"C": 3.0}}),
     "cutoffs, ZBL, readout MLP": dict(
         l_max=2, num_features=[5, 3, 2], per_edge_type_cutoff={"H": 2.5, "C": {"O": 3.0}, "O": {"C": 2.0}},
         zbl=True, zbl_polynomial_p=5.0, readout_mlp_depth=2, readout_features=6, readout_nonlinearity="silu"),
