@@ -106,3 +106,37 @@ def test_finetuning_lowers_the_error_and_adds_a_species(imported, tmp_path, caps
 def test_init_from_rejects_architecture_keys(imported, tmp_path):
     with pytest.raises(ConfigError, match="model.l_max: with training.init_from"):
         train(load_config(run_config(tmp_path, emt_frames(4), imported, l_max=2)))
+
+
+def test_frozen_weights_stay_bit_identical(imported, tmp_path, capsys):
+    config = run_config(tmp_path, pure_cu(6, seed=10), imported)
+    raw = yaml.safe_load(config.read_text())
+    raw["training"].update(epochs=2, freeze=["layers.0.*", "energy_model.readout*"])
+    config.write_text(yaml.safe_dump(raw))
+    out = train(load_config(config))
+    assert "frozen (training.freeze): " in capsys.readouterr().out
+    source = dict(load_model(imported).named_parameters())
+    for file in ("best.pt", "last.pt"):
+        tuned = dict(load_model(out / file).named_parameters())
+        frozen = [n for n in tuned if n.startswith(("energy_model.layers.0.", "energy_model.readout"))]
+        moved = [n for n in tuned if n not in frozen and not torch.equal(tuned[n], source[n])]
+        assert len(frozen) >= 4 and all(torch.equal(tuned[n], source[n]) for n in frozen), file
+        assert any(n.startswith("energy_model.layers.1.") for n in moved), file  # the others trained
+
+
+def test_freeze_errors(imported, tmp_path):
+    config = run_config(tmp_path, pure_cu(4, seed=11), imported)
+    raw = yaml.safe_load(config.read_text())
+    raw["training"]["freeze"] = ["layers.0.*", "layer.1.*"]
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"training.freeze: 'layer.1.\*' matches no parameter of the model; "
+                                          r"its parameters are .*layers.N.block.linear_1.weight"):
+        train(load_config(config))
+    del raw["training"]["init_from"]
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="training.freeze: needs training.init_from"):
+        load_config(config)
+    raw["training"]["freeze"] = [3]
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="training.freeze: expected a list of strings, got"):
+        load_config(config)

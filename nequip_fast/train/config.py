@@ -81,6 +81,9 @@ class TrainingConfig:
     num_threads: CPU threads for torch (null: torch's default).
     init_from: a model file (nequip_fast model or checkpoint, e.g. from ``nequip-fast import``) to
         start from: its architecture and weights; new species in the data are added (``train/finetune.py``).
+    freeze: with ``init_from``, parameter-name patterns (globs such as ``layers.0.*``, ``*radial_mlp*``;
+        names as in ``model.named_parameters()``, with or without the leading ``energy_model.``)
+        whose weights stay as loaded: they get no gradient and are not in the optimizer.
     conv_backend: kernels of the convolution ("auto": fused for the device; "reference", "cpu",
         "triton", "cuda"): how this run executes, not saved with the model.
     """
@@ -106,6 +109,7 @@ class TrainingConfig:
     device: str = "auto"
     num_threads: Optional[int] = None
     init_from: Optional[str] = None
+    freeze: tuple[str, ...] = ()
     conv_backend: str = "auto"
 
 
@@ -126,7 +130,8 @@ class TrainConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data (lists, not tuples): for YAML and ``weights_only`` checkpoints."""
+        return _plain(dataclasses.asdict(self))
 
 
 SECTIONS = {"data": DataConfig, "model": None, "training": TrainingConfig, "output": OutputConfig}
@@ -231,6 +236,9 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"training.plateau_factor: must be in (0, 1), got {t.plateau_factor}")
     if t.energy_weight == t.forces_weight == t.stress_weight == 0:
         raise ConfigError("training.energy_weight: all loss weights are 0, nothing to train")
+    if t.freeze and not t.init_from:
+        raise ConfigError("training.freeze: needs training.init_from (it keeps chosen weights of the model a run "
+                          "starts from)")
     if t.conv_backend not in BACKENDS:
         raise ConfigError(f"training.conv_backend: expected one of {', '.join(BACKENDS)}, got {t.conv_backend!r}")
     if not (t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:")):
@@ -270,8 +278,15 @@ def _reject_unknown(raw: Mapping, known, prefix: str) -> None:
 
 
 def _coerce(value: Any, annotation, key: str):
-    """``value`` checked against a type annotation (int, float, bool, str, Optional, Union, Literal)."""
+    """``value`` checked against a type annotation (int, float, bool, str, tuple[str, ...], Optional,
+    Union, Literal)."""
     origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"{key}: expected a list of strings, got {_show(value)}")
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value not in choices:

@@ -7,9 +7,12 @@ are added after its own: their energy shifts are fitted to the training energies
 species' shifts held fixed, their scale is the mean of the known ones, and their embedding and
 self-connection weights start from a fresh initialisation. The known species' weights are copied
 so that, before training, the model gives exactly the source's energies on structures made of them.
+``training.freeze`` keeps chosen parameters as loaded (``freeze``).
 """
 from __future__ import annotations
 
+import fnmatch
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -113,3 +116,22 @@ def remap_species(graphs: Sequence[AtomicGraph], data_species: Sequence[str], mo
     lookup = torch.tensor([list(model_species).index(s) for s in data_species], dtype=torch.long)
     for g in graphs:
         g.species = lookup[g.species]
+
+
+def freeze(model: Potential, patterns: Sequence[str]) -> list[str]:
+    """Turn off the gradient of every parameter whose name (with or without the leading
+    ``energy_model.``) matches one of the glob ``patterns``; returns the frozen names. A pattern
+    that matches nothing is an error: a typo must not silently train everything."""
+    names = {name: (name, name.removeprefix("energy_model.")) for name, _ in model.named_parameters()}
+    frozen = set()
+    for pattern in patterns:
+        hits = {name for name, forms in names.items() if any(fnmatch.fnmatchcase(f, pattern) for f in forms)}
+        if not hits:
+            shapes = sorted({re.sub(r"\.\d+(?=\.|$)", ".N", forms[1]) for forms in names.values()})
+            raise ConfigError(f"training.freeze: {pattern!r} matches no parameter of the model; its parameters are "
+                              f"{', '.join(shapes)} (N: layer or index)")
+        frozen |= hits
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+    return sorted(frozen)

@@ -227,6 +227,7 @@ def _run(config: TrainConfig, resume: bool, accept_changes: bool, out: Path, ddp
         model = build_model(model_cfg)
     set_backend(model, cfg.conv_backend)
     model = model.to(device)
+    frozen = finetune.freeze(model, cfg.freeze) if cfg.freeze else []
     trainer = Trainer(model, cfg, splits["train"].graphs, splits["val"].graphs, ddp, device)
     if state:
         try:
@@ -242,6 +243,9 @@ def _run(config: TrainConfig, resume: bool, accept_changes: bool, out: Path, ddp
         print(f"nequip-fast train: {sizes} structures; species {' '.join(species)}; "
               f"{sum(p.numel() for p in model.parameters())} parameters; device {device}"
               f"{f'; {ddp.world_size} processes' if ddp.active else ''}; output {out}")
+        if frozen:
+            print(f"frozen (training.freeze): {len(frozen)} parameter tensors, "
+                  f"{sum(p.numel() for p in model.parameters() if not p.requires_grad)} weights")
         if state:
             print(f"resuming after epoch {trainer.epoch} from {out / LAST}")
             _repair_best(out, trainer)
