@@ -35,6 +35,9 @@ class Options:
     argv: tuple[str, ...] = field(default=())
 
 
+PARITY_WORDS = {True: "on", False: "off", "natural": "natural"}  # the model config's values
+
+
 def default_backends(device: torch.device) -> tuple[str, ...]:
     """The reference and every fused backend that runs natively on ``device`` (Triton's CPU
     interpreter is a test tool, not a backend to time)."""
@@ -209,7 +212,7 @@ def format_report(result: dict) -> str:
     atoms = s["atoms"]
     lines = [
         f"system: {s['description']}, {atoms} atoms, {s['edges']} edges ({s['edges'] / atoms:.1f} per atom)",
-        f"model: {cfg['num_layers']} layers, l_max {cfg['l_max']}, parity {'on' if cfg['parity'] else 'off'}, "
+        f"model: {cfg['num_layers']} layers, l_max {cfg['l_max']}, parity {PARITY_WORDS[cfg['parity']]}, "
         f"{cfg['num_features']} features, r_max {cfg['r_max']}, {cfg['dtype']}"
         + (", with stress" if result["stress"] else ""),
         f"machine: {m['cpu']}, {m['threads']} threads, device {m['device']}, torch {m['torch']}; "
