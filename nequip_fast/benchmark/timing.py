@@ -46,19 +46,21 @@ class Progress:
 
 
 def time_interleaved(calls: Mapping[str, Callable[[], None]], warmup: int, repeats: int,
-                     sync: Callable[[], None] = lambda: None) -> dict[str, Timing]:
+                     sync: Callable[[], None] = lambda: None,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[str, Timing]:
     """Time every call ``repeats`` times in round-robin order after ``warmup`` untimed rounds.
 
     Round-robin means a burst of load from other processes hits all cases alike, so their
-    ratios stay meaningful even when absolute times do not.
+    ratios stay meaningful even when absolute times do not. ``clock``: wall time by default;
+    ``time.process_time`` on a crowded CPU machine (this process's CPU seconds, all threads).
     """
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for round_ in range(warmup + repeats):
         for name, call in calls.items():
             sync()
-            start = time.perf_counter()
+            start = clock()
             call()
             sync()
             if round_ >= warmup:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(clock() - start)
     return {name: Timing.of(s) for name, s in samples.items()}
