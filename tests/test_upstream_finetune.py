@@ -132,6 +132,10 @@ def test_freeze_errors(imported, tmp_path):
     with pytest.raises(ConfigError, match=r"training.freeze: 'layer.1.\*' matches no parameter of the model; "
                                           r"its parameters are .*layers.N.block.linear_1.weight"):
         train(load_config(config))
+    raw["training"]["freeze"] = ["layers.*", "*"]
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="freeze every parameter: nothing to train"):
+        train(load_config(config))
     del raw["training"]["init_from"]
     config.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="training.freeze: needs training.init_from"):

@@ -131,6 +131,8 @@ def freeze(model: Potential, patterns: Sequence[str]) -> list[str]:
             raise ConfigError(f"training.freeze: {pattern!r} matches no parameter of the model; its parameters are "
                               f"{', '.join(shapes)} (N: layer or index)")
         frozen |= hits
+    if len(frozen) == len(names):
+        raise ConfigError(f"training.freeze: {', '.join(map(repr, patterns))} freeze every parameter: nothing to train")
     for name, parameter in model.named_parameters():
         if name in frozen:
             parameter.requires_grad_(False)
