@@ -10,8 +10,8 @@
 
 namespace nequip_fast {
 
-// Checks x, sh, weight (one row per edge, or per pair of paired edges: edge k + E/2 reversing edge
-// k), the plan (ints, values, layout) of orientation `transpose`, the ConvGraph (edge_index, ptr,
+// Checks x, sh, weight (E - P rows: edges [P, 2P) reverse edges [0, P) and share their rows, see
+// weight_row), the plan (ints, values, layout) of orientation `transpose`, the ConvGraph (edge_index, ptr,
 // perm) and, for edge_grads, g: dtypes, shapes against the plan's widths, one device for all.
 void check_operands(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& weight, const at::Tensor& ints,
                     const at::Tensor& values, c10::IntArrayRef layout, bool transpose, const at::Tensor& edge_index,

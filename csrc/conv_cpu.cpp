@@ -55,7 +55,7 @@ struct Rows {
   int64_t fs;
   const T* w;
   int64_t fw;
-  int64_t w_rows;  // E, or E/2 for paired edges: edge e >= w_rows uses row e - w_rows (see weight_row)
+  int64_t pairs;  // P = E - rows of w: edges [0, P) and [P, 2P) are reversed pairs (see weight_row)
   const int64_t* ptr;
   const int64_t* perm;
   const int64_t* col;
@@ -63,10 +63,11 @@ struct Rows {
 
 #define NEQUIP_FAST_INLINE __attribute__((always_inline)) inline
 
-// Paired edges (edge k + E/2 reverses edge k) share one weight row: the radial MLP runs once per pair.
+// Edge layout [P edges, their P reverses, U unpaired], E = 2P + U, with R = E - P weight rows: a
+// pair's two edges share one row (the radial network runs once per pair). P = 0: one row per edge.
 template <typename T>
 NEQUIP_FAST_INLINE const T* weight_row(const Rows<T>& a, int64_t e) {
-  return a.w + (e < a.w_rows ? e : e - a.w_rows) * a.fw;
+  return a.w + (e < a.pairs ? e : e - a.pairs) * a.fw;
 }
 
 // c[q] = sum over the terms of pair q of value * sh[j]: the CG tensor contracted with this edge's sh.
@@ -153,14 +154,15 @@ NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, T* c, T* g_s
   }
 }
 
-// Paired: edges k and k + w_rows share weight row k, so one task owns both and sums their g_w.
+// With pairs (weight_row): one task per weight row k, which owns edge k + P and, if k < P, edge k
+// too, and sums their g_w (no two tasks write one row).
 template <int64_t MUL, typename T>
 NEQUIP_FAST_INLINE void edge_grads_pair(const Rows<T>& a, int64_t k, const int64_t* receiver, T* c, T* g_sh,
                                         T* g_w) {
   T* gwe = g_w + k * a.fw;
   for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
-  edge_grads_edge<MUL>(a, k, receiver[k], c, g_sh, gwe);
-  edge_grads_edge<MUL>(a, k + a.w_rows, receiver[k + a.w_rows], c, g_sh, gwe);
+  if (k < a.pairs) edge_grads_edge<MUL>(a, k, receiver[k], c, g_sh, gwe);
+  edge_grads_edge<MUL>(a, k + a.pairs, receiver[k + a.pairs], c, g_sh, gwe);
 }
 
 // One clone per ISA level, picked at load time (ifunc): AVX2+FMA where the CPU has it, baseline
@@ -205,7 +207,7 @@ template <typename T>
 Rows<T> make_rows(const PlanView<T>& plan, const at::Tensor& xt, const at::Tensor& sh, const at::Tensor& w,
                   const int64_t* ptr, const int64_t* perm, const int64_t* col) {
   return Rows<T>{plan, xt.data_ptr<T>(), xt.size(1), nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(),
-                 w.size(1), w.size(0), ptr, perm, col};
+                 w.size(1), sh.size(0) - w.size(0), ptr, perm, col};
 }
 
 template <typename T>
@@ -227,8 +229,8 @@ void edge_grads_kernel(const Rows<T>& rows, const int64_t* receiver, int64_t num
   T* gy = g_sh.data_ptr<T>();
   T* gw = g_w.data_ptr<T>();
   const bool mul32 = rows.plan.uniform_mul == 32;
-  if (rows.w_rows < g_sh.size(0)) {  // paired: one task per weight row
-    at::parallel_for(0, rows.w_rows, kRowGrain * 16, [&](int64_t begin, int64_t end) {
+  if (rows.pairs > 0) {  // one task per weight row
+    at::parallel_for(0, g_sh.size(0) - rows.pairs, kRowGrain * 16, [&](int64_t begin, int64_t end) {
       std::vector<T> c(rows.plan.n_pairs);
       if (mul32)
         edge_grads_pairs32(rows, begin, end, receiver, c.data(), gy, gw);

@@ -21,9 +21,9 @@ void check_operands(const at::Tensor& x, const at::Tensor& sh, const at::Tensor&
 
   TORCH_CHECK(x.dim() == 2 && sh.dim() == 2 && weight.dim() == 2, "nequip_fast conv: x, sh, weight must be 2-d");
   const int64_t num_edges = sh.size(0);
-  TORCH_CHECK(weight.size(0) == num_edges || (num_edges % 2 == 0 && 2 * weight.size(0) == num_edges),
-              "nequip_fast conv: weight needs one row per edge (", num_edges, "), or per pair of paired edges (",
-              num_edges / 2, "), got ", weight.size(0));
+  TORCH_CHECK(weight.size(0) <= num_edges && 2 * weight.size(0) >= num_edges,
+              "nequip_fast conv: weight needs E - P rows for E = ", num_edges, " edges of which the first 2P are ",
+              "P reversed pairs (between ", (num_edges + 1) / 2, " and ", num_edges, "), got ", weight.size(0));
   TORCH_CHECK(x.scalar_type() == sh.scalar_type() && x.scalar_type() == weight.scalar_type() &&
                   x.scalar_type() == values.scalar_type(),
               "nequip_fast conv: x, sh, weight and the plan values must share a dtype, got ", x.scalar_type(), ", ",

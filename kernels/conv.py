@@ -119,7 +119,7 @@ def _segment_source(terms, d_src: int, d_dst: int, d_sh: int, d_w: int) -> tuple
     lines = [
         _HEADER,
         "@triton.jit",
-        "def segment_kernel(x_ptr, sh_ptr, w_ptr, out_ptr, row_ptr, col_ptr, perm_ptr, w_rows,"
+        "def segment_kernel(x_ptr, sh_ptr, w_ptr, out_ptr, row_ptr, col_ptr, perm_ptr, pairs,"
         " BLOCK_E: tl.constexpr):",
         "    dt = out_ptr.dtype.element_ty",
         "    row = tl.program_id(0).to(tl.int64)",
@@ -145,7 +145,7 @@ def _segment_source(terms, d_src: int, d_dst: int, d_sh: int, d_w: int) -> tuple
                 "            edge = tl.load(perm_ptr + k, mask=mask, other=0)",
                 f"            x_row = x_ptr + tl.load(col_ptr + k, mask=mask, other=0) * {d_src}",
                 f"            sh_row = sh_ptr + edge * {d_sh}",
-                f"            w_row = w_ptr + tl.where(edge < w_rows, edge, edge - w_rows) * {d_w} + u",  # pairs"
+                f"            w_row = w_ptr + {_weight_row('edge')} * {d_w} + u",
             ]
             loaded: set[int] = set()  # SH components, loaded at first use so only live ones hold registers
             for t in group:
@@ -190,14 +190,14 @@ def _edge_grads_source(terms, d_in: int, d_out: int, d_sh: int, d_w: int) -> tup
         _HEADER,
         "@triton.jit",
         "def edge_grads_kernel(x_ptr, g_ptr, sh_ptr, w_ptr, sender_ptr, receiver_ptr, g_sh_ptr, g_w_ptr, num_edges,"
-        " w_rows, BLOCK_E: tl.constexpr):",
+        " pairs, BLOCK_E: tl.constexpr):",
         "    dt = g_w_ptr.dtype.element_ty",
         f"    i = tl.arange(0, BLOCK_E * {bu})  # flat [edge, channel] tile",
         f"    e = tl.program_id(0).to(tl.int64) * BLOCK_E + i // {bu}",
         "    e_mask = e < num_edges",
         f"    x_row = x_ptr + tl.load(sender_ptr + e, mask=e_mask, other=0) * {d_in}",
         f"    g_row = g_ptr + tl.load(receiver_ptr + e, mask=e_mask, other=0) * {d_out}",
-        f"    w_row = w_ptr + tl.where(e < w_rows, e, e - w_rows) * {d_w}",  # paired edges share a row
+        f"    w_row = w_ptr + {_weight_row('e')} * {d_w}",
         f"    g_w_row = g_w_ptr + e * {d_w}",
     ]
     lines += [f"    y{j} = tl.load(sh_ptr + e * {d_sh} + {j}, mask=e_mask, other=0.0)" for j in used_sh]
@@ -311,10 +311,29 @@ def _check_index(name: str, t: torch.Tensor, length: int) -> torch.Tensor:
     return t.contiguous()
 
 
+def _weight_row(e: str) -> str:
+    """Triton source of the weight row of edge ``e``. Edge layout [P edges, their P reverses, U
+    unpaired], E = 2P + U, with R = E - P weight rows (``pairs`` = P = E - R; 0: one row per edge):
+    a pair's two edges share one row."""
+    return f"tl.where({e} < pairs, {e}, {e} - pairs)"
+
+
+def _pair_sums(g_w: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-edge ``g_w`` (E rows) -> per weight row (``_weight_row``): row k gets edge k + P, and edge k if k < P."""
+    pairs = g_w.shape[0] - rows
+    if pairs == 0:
+        return g_w
+    out = g_w[pairs:].clone()
+    out[:pairs] += g_w[:pairs]
+    return out
+
+
 def _check_weight(weight: torch.Tensor, num_edges: int, dim: int, dtype: torch.dtype) -> torch.Tensor:
-    """One row per edge, or one per pair of paired edges (edge k + E/2 reverses edge k)."""
-    paired = num_edges % 2 == 0 and weight.dim() == 2 and 2 * weight.shape[0] == num_edges
-    return _check_features("weight", weight, num_edges // 2 if paired else num_edges, dim, dtype)
+    """E - P rows for P pairs (``_weight_row``): between ceil(E/2) and E."""
+    if weight.dim() == 2 and 2 * weight.shape[0] >= num_edges and weight.shape[0] <= num_edges:
+        return _check_features("weight", weight, None, dim, dtype)
+    raise ValueError(f"weight: expected between {(num_edges + 1) // 2} and {num_edges} rows (E - P for P edge pairs) "
+                     f"of {dim} columns, got {tuple(weight.shape)}")
 
 
 def segment_conv(
@@ -328,8 +347,8 @@ def segment_conv(
 ) -> torch.Tensor:
     """``out[r] = sum_{k in [row_ptr[r], row_ptr[r+1])} T(x[col[k]], sh[e], weight[e])``, ``e = perm[k]``.
 
-    ``T`` is the plan's map (``x`` has ``plan.d_src`` columns); a paired weight row serves edges
-    ``e`` and ``e + E/2``. Returns ``(len(row_ptr) - 1, plan.d_dst)``.
+    ``T`` is the plan's map (``x`` has ``plan.d_src`` columns); edge ``e`` reads weight row
+    ``_weight_row(e)``. Returns ``(len(row_ptr) - 1, plan.d_dst)``.
     """
     seg = _segment(plan, _interpreting(x.device))
     if x.dtype not in (torch.float32, torch.float64):
@@ -349,8 +368,8 @@ def segment_conv(
     avg_degree = -(-num_edges // rows)
     block_e = max(1, min(_tile(x.dtype) // seg.max_block_u, triton.next_power_of_2(max(avg_degree, 1))))
     num_warps = _num_warps(block_e * seg.max_block_u, x.dtype)
-    seg.kernel[(rows, seg.num_tasks)](x, sh, weight, out, row_ptr, col, perm, weight.shape[0], BLOCK_E=block_e,
-                                      num_warps=num_warps)
+    seg.kernel[(rows, seg.num_tasks)](x, sh, weight, out, row_ptr, col, perm, num_edges - weight.shape[0],
+                                      BLOCK_E=block_e, num_warps=num_warps)
     return out
 
 
@@ -364,7 +383,7 @@ def edge_grads(
     receiver: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-edge gradients ``(g_sh, g_w)`` of ``sum_e <g[receiver[e]], T(x[sender[e]], sh[e], weight[e])>``;
-    a paired weight row gets the sum over its two edges."""
+    a pair's weight row (``_weight_row``) gets the sum over its two edges."""
     kern = _edge_grads(plan, _interpreting(x.device))
     if x.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"x: expected float32 or float64, got {x.dtype}")
@@ -379,9 +398,7 @@ def edge_grads(
         return g_sh, g_w[: weight.shape[0]]
     block_e = _tile(x.dtype) // kern.block_u
     kern.kernel[(triton.cdiv(num_edges, block_e),)](
-        x, g, sh, weight, sender, receiver, g_sh, g_w, num_edges, weight.shape[0], BLOCK_E=block_e,
+        x, g, sh, weight, sender, receiver, g_sh, g_w, num_edges, num_edges - weight.shape[0], BLOCK_E=block_e,
         num_warps=_num_warps(block_e * kern.block_u, x.dtype),
     )
-    if weight.shape[0] < num_edges:  # paired: the two edges of row k are k and k + E/2
-        g_w = g_w[: weight.shape[0]] + g_w[weight.shape[0]:]
-    return g_sh, g_w
+    return g_sh, _pair_sums(g_w, weight.shape[0])

@@ -76,26 +76,24 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("paired", [False, True], ids=["edges", "paired"])
+@pytest.mark.parametrize("pairs", [0, 15, 9], ids=["edges", "paired", "paired+unpaired"])
 @pytest.mark.parametrize("bits", [64, 32])
 @pytest.mark.parametrize("irreps", CASES, ids=lambda c: c[0])
-def test_host_emulation_matches_e3nn(emulator, tmp_path, irreps, bits, paired):
-    """Paired: edge k + E/2 reverses edge k and both share weight row k (the gradient of a shared
-    row sums both edges)."""
+def test_host_emulation_matches_e3nn(emulator, tmp_path, irreps, bits, pairs):
+    """Edges [P, 2P) reverse edges [0, P) and share their weight rows (the gradient of a shared row
+    sums both edges); the remaining edges have one row each."""
     descriptor = ConvDescriptor.nequip(*irreps)
     gen = torch.Generator().manual_seed(len(descriptor.paths))
     num_nodes, num_edges = 7, 30
     edge_index = random_graph(num_nodes, num_edges, gen)
-    if paired:
-        edge_index = torch.cat([edge_index[:, :15], edge_index[:, :15].flip(0)], dim=1)
+    edge_index = torch.cat([edge_index[:, :pairs], edge_index[:, :pairs].flip(0), edge_index[:, 2 * pairs:]], dim=1)
     graph = conv_graph(edge_index, num_nodes)
     plan = lower(descriptor, torch.float64)
     fa, fs, fb, fw = (descriptor.irreps_in.dim, descriptor.irreps_sh.dim, descriptor.irreps_out.dim,
                       descriptor.weight_numel)
     x = torch.randn(num_nodes, fa, dtype=torch.float64, generator=gen, requires_grad=True)
     sh = torch.randn(num_edges, fs, dtype=torch.float64, generator=gen, requires_grad=True)
-    w = torch.randn(num_edges // 2 if paired else num_edges, fw, dtype=torch.float64, generator=gen,
-                    requires_grad=True)
+    w = torch.randn(num_edges - pairs, fw, dtype=torch.float64, generator=gen, requires_grad=True)
     g = torch.randn(num_nodes, fb, dtype=torch.float64, generator=gen)
 
     header = torch.tensor([len(plan.layout), plan.ints.numel(), plan.values.numel(), num_nodes, num_edges, fa, fs,
@@ -110,7 +108,8 @@ def test_host_emulation_matches_e3nn(emulator, tmp_path, irreps, bits, paired):
     assert result.size == sum(sizes)
     out, out_t, g_sh, g_w = (torch.from_numpy(a) for a in np.split(result, np.cumsum(sizes)[:-1]))
 
-    expected = reference_conv(e3nn_float64(descriptor), x, sh, torch.cat((w, w)) if paired else w, edge_index)
+    w_edges = torch.cat((w[:pairs], w[:pairs], w[pairs:]))
+    expected = reference_conv(e3nn_float64(descriptor), x, sh, w_edges, edge_index)
     # segment_conv^T(g) = d<g, conv>/dx; edge_grads = d<g, conv>/d(sh, w) per edge.
     ex_t, ex_sh, ex_w = torch.autograd.grad((expected * g).sum(), (x, sh, w))
     tol = dict(rtol=1e-10, atol=1e-10) if bits == 64 else dict(rtol=1e-5, atol=1e-4)

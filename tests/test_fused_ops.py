@@ -100,24 +100,28 @@ def test_matches_reference_through_double_backward(backend, case, dtype):
     assert actual[0][-2:].abs().max() == 0, "nodes without edges must get zero output"
 
 
+@pytest.mark.parametrize("layout", [(20, 0), (12, 9)], ids=["all-paired", "paired+unpaired"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_pair_weights_match_reference_through_double_backward(backend, dtype):
-    """Paired edges (edge k + E/2 reverses edge k) take one weight row per pair; the gradient of a
-    shared row is the sum over both edges."""
+def test_pair_weights_match_reference_through_double_backward(backend, dtype, layout):
+    """Edges laid out as [P edges, their P reverses, U unpaired] take E - P weight rows (edge e reads
+    row e < P ? e : e - P); the gradient of a shared row is the sum over both edges."""
+    pairs, unpaired = layout
     d = descriptor("mul32-l1" if interpreted(backend) else "mul3-l3")
-    half = random_graph(9, 20, seed=6)
-    edge_index = torch.cat([half, half.flip(0)], dim=1)
+    half = random_graph(9, pairs - 7, seed=6)
+    others = torch.randint(0, 9, (2, unpaired), generator=torch.Generator().manual_seed(8))
+    edge_index = torch.cat([half, half.flip(0), others], dim=1)
     x, sh, w = random_inputs(d, 9, edge_index, dtype, seed=7)
-    w = w[: half.shape[1]].detach().requires_grad_(True)
+    w = w[: pairs + unpaired].detach().requires_grad_(True)
     ref, fused = make_conv(d, "reference", torch.float64), make_conv(d, backend, dtype)
-    expected = derivatives(lambda x, sh, w: ref(x, sh, torch.cat((w, w)), edge_index),
+    expected = derivatives(lambda x, sh, w: ref(x, sh, torch.cat((w[:pairs], w[:pairs], w[pairs:])), edge_index),
                            [t.detach().double().requires_grad_() for t in (x, sh, w)], 3)
     actual = derivatives(lambda *a: fused(*a, edge_index), [x, sh, w], 3)
     for name, a, e in zip(NAMES, actual, expected):
         assert a.shape == e.shape
-        assert_close(a, e, TOL[dtype], f"paired {name}")
-    with pytest.raises(RuntimeError, match="weight needs one row per edge"):
-        load_backend("cpu").segment_conv(x, sh, w[:-1], *lower(d), *conv_graph(edge_index, 9), False)
+        assert_close(a, e, TOL[dtype], f"P={pairs} U={unpaired} {name}")
+    short = edge_index.shape[1] // 2 - 1  # fewer rows than pairs can share
+    with pytest.raises(RuntimeError, match="weight needs E - P rows"):
+        load_backend("cpu").segment_conv(x, sh, w[:short], *lower(d), *conv_graph(edge_index, 9), False)
 
 
 def test_gradcheck_and_gradgradcheck(backend):

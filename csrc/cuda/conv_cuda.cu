@@ -11,7 +11,6 @@
 #include "conv_kernels.cuh"
 
 #include <ATen/Dispatch.h>
-#include <ATen/ops/add.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
@@ -49,7 +48,7 @@ at::Tensor segment_conv_cuda(const at::Tensor& x, const at::Tensor& sh, const at
     out = at::zeros({rows, view.b_features}, x.options());
     C10_CUDA_CHECK(cuda::launch_segment_conv<scalar_t>(
         view, xc.data_ptr<scalar_t>(), xc.size(1), shc.data_ptr<scalar_t>(), shc.size(1), wc.data_ptr<scalar_t>(),
-        wc.size(1), wc.size(0), p[d].data_ptr<int64_t>(), pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>(),
+        wc.size(1), sh.size(0) - wc.size(0), p[d].data_ptr<int64_t>(), pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>(),
         rows, out.data_ptr<scalar_t>(), view.b_features, stream));
   });
   return out;
@@ -67,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cuda(const at::Tensor& x, const at
   const at::Tensor ei = edge_index.contiguous();
   const int64_t num_edges = sh.size(0);
   at::Tensor g_sh = at::zeros_like(sh, at::MemoryFormat::Contiguous);
-  // Per edge; paired weight rows (edge k + E/2 reverses edge k) get the sum of their two edges below.
+  // Per edge; the weight rows of pairs (weight_row) get the sum of their two edges below.
   at::Tensor g_w = at::zeros({num_edges, weight.size(1)}, weight.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nequip_fast::edge_grads_cuda", [&] {
@@ -76,11 +75,15 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cuda(const at::Tensor& x, const at
     C10_CUDA_CHECK(cuda::launch_edge_grads<scalar_t>(
         cuda_plan<scalar_t>(plan, values, layout, false), xc.data_ptr<scalar_t>(), xc.size(1),
         gc.data_ptr<scalar_t>(), gc.size(1), shc.data_ptr<scalar_t>(), shc.size(1), wc.data_ptr<scalar_t>(),
-        wc.size(1), wc.size(0), ei[0].data_ptr<int64_t>(), ei[1].data_ptr<int64_t>(), num_edges,
+        wc.size(1), num_edges - wc.size(0), ei[0].data_ptr<int64_t>(), ei[1].data_ptr<int64_t>(), num_edges,
         g_sh.data_ptr<scalar_t>(), g_w.data_ptr<scalar_t>(), stream));
   });
-  if (weight.size(0) < num_edges)
-    g_w = at::add(g_w.narrow(0, 0, weight.size(0)), g_w.narrow(0, weight.size(0), weight.size(0)));
+  const int64_t pairs = num_edges - weight.size(0);
+  if (pairs > 0) {  // row k < P: edges k and k + P; row k >= P: edge k + P (weight_row)
+    at::Tensor rows = g_w.narrow(0, pairs, weight.size(0)).clone();
+    rows.narrow(0, 0, pairs).add_(g_w.narrow(0, 0, pairs));
+    g_w = rows;
+  }
   return {g_sh, g_w};
 }
 

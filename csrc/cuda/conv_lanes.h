@@ -29,14 +29,14 @@ constexpr int kMaxDim = 15;
 // Row stride of the per-warp g_sh scratch: 33 so that the final per-column sums hit distinct banks.
 constexpr int kScratchStride = kWarpSize + 1;
 
-// The weight row of edge e: paired edges (edge k + E/2 reverses edge k, w_rows = E/2) share one.
-NF_HD inline int64_t weight_row(int64_t e, int64_t w_rows) { return e < w_rows ? e : e - w_rows; }
+// The weight row of edge e: paired edges (edge k + E/2 reverses edge k, pairs = E/2) share one.
+NF_HD inline int64_t weight_row(int64_t e, int64_t pairs) { return e < pairs ? e : e - pairs; }
 
 // One lane of segment_conv: out[row, b_off + u * BD + kk] for kk < BD, summed over the row's edges
 // in CSR order (deterministic) and stored once. x/col are the gathered operand ("a") and its rows.
 template <typename T, int BD>
 NF_HD void segment_lane(const PlanView<T>& plan, int32_t group, int32_t u, int64_t row, const T* x, int64_t fa,
-                        const T* sh, int64_t fs, const T* w, int64_t fw, int64_t w_rows, const int64_t* ptr,
+                        const T* sh, int64_t fs, const T* w, int64_t fw, int64_t pairs, const int64_t* ptr,
                         const int64_t* perm, const int64_t* col, T* out, int64_t fb) {
   const PlanGroup& gr = plan.groups[group];
   T acc[BD];
@@ -45,7 +45,7 @@ NF_HD void segment_lane(const PlanView<T>& plan, int32_t group, int32_t u, int64
     const int64_t e = perm[k];
     const T* xs = x + col[e] * fa;
     const T* ye = sh + e * fs;
-    const T* we = w + weight_row(e, w_rows) * fw;
+    const T* we = w + weight_row(e, pairs) * fw;
     for (int32_t p = gr.path_begin; p < gr.path_end; ++p) {
       const PlanPath& pa = plan.paths[p];
       const T* xp = xs + pa.a_off + static_cast<int64_t>(u) * pa.a_dim;
@@ -80,7 +80,7 @@ NF_HD void segment_dispatch(int32_t b_dim, Args&&... args) {
 // consecutive warps share a row and reuse its edges' x, sh and w rows from cache.
 template <typename T>
 NF_HD void segment_thread(const PlanView<T>& plan, int64_t warp, int lane, const T* x, int64_t fa, const T* sh,
-                          int64_t fs, const T* w, int64_t fw, int64_t w_rows, const int64_t* ptr,
+                          int64_t fs, const T* w, int64_t fw, int64_t pairs, const int64_t* ptr,
                           const int64_t* perm, const int64_t* col, T* out, int64_t fb) {
   const int64_t row = warp / plan.n_tasks;
   const PlanTask& task = plan.tasks[warp % plan.n_tasks];
@@ -88,7 +88,7 @@ NF_HD void segment_thread(const PlanView<T>& plan, int64_t warp, int lane, const
   const int32_t u = task.u0 + lane;
   const PlanGroup& gr = plan.groups[group];
   if (u < gr.mul)
-    segment_dispatch<T>(gr.b_dim, plan, group, u, row, x, fa, sh, fs, w, fw, w_rows, ptr, perm, col, out, fb);
+    segment_dispatch<T>(gr.b_dim, plan, group, u, row, x, fa, sh, fs, w, fw, pairs, ptr, perm, col, out, fb);
 }
 
 // One lane of edge_grads for edge e (receiver r, sender s), channels u = lane, lane + 32, ...

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .descriptor import ConvDescriptor
-from .fused import ConvGraph, fused_conv, load_backend
+from .fused import ConvGraph, edge_weights, fused_conv, load_backend
 from .plan import ConvPlan, lower
 from .reference import reference_conv
 
@@ -82,14 +82,12 @@ class TensorProductConv(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weight: torch.Tensor, edge_index: torch.Tensor,
                 graph: Optional[ConvGraph] = None) -> torch.Tensor:
-        """``weight`` has one row per edge, or one per pair when the edges are paired (edge k + E/2
-        reverses edge k, ``data.neighbors.edges_paired``): both edges of a pair have the same length.
+        """``weight`` has E - P rows when the first 2P edges are P pairs then their reverses
+        (``fused.edge_weights``; both edges of a pair have the same length), E rows without pairs.
         ``graph``: from ``prepare`` (built here when not given)."""
         name = self._backend_for(x.device)
         if name == "reference":  # every fused backend indexes pair rows itself
-            if weight.shape[0] != sh.shape[0]:
-                weight = torch.cat((weight, weight))
-            return reference_conv(self.tp, x, sh, weight, edge_index)
+            return reference_conv(self.tp, x, sh, edge_weights(weight, sh.shape[0]), edge_index)
         if name == "cpu" and x.device.type != "cpu":
             raise RuntimeError(f"conv backend 'cpu' got {x.device.type} tensors; use 'auto', 'cuda' or 'triton'")
         backend = load_backend(name)

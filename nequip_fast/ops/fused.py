@@ -8,8 +8,10 @@ per backend covers forward, backward, double backward and beyond. The ops take o
 - ``plan, values, layout``: a ``ConvPlan`` (``plan.lower``), both orientations of the descriptor;
   ``transpose`` selects the pre-lowered adjoint, which is all the derivative closure needs,
 - ``edge_index, ptr, perm``: a ``ConvGraph``, the graph sorted once by receiver and by sender,
-- ``w``: one row per edge, or one per pair of paired edges, edge k + E/2 reversing edge k; then
-  ``edge_grads`` returns the pair sums, the gradient of the shared row (every backend).
+- ``w``: R = E - P rows for edges laid out as [P edges, their P reverses, U unpaired] (E = 2P + U;
+  P = E - R comes from the shapes): edge e reads row ``e < P ? e : e - P`` (``edge_weights``), so
+  a pair's radial network runs once; ``edge_grads`` returns per row the sum over its edges, the
+  gradient of the shared row (every backend). R = E: no pairs.
 
 This module registers the fake functions and the autograd of each backend's pair of ops, the same
 for all; the ops themselves come from ``cpp_ops`` (``cpu``/``cuda``, the C++ ops library) and
@@ -44,6 +46,11 @@ def conv_graph(edge_index: torch.Tensor, num_nodes: int) -> ConvGraph:
     nodes = torch.arange(num_nodes + 1, device=edge_index.device, dtype=edge_index.dtype)
     ptr = torch.searchsorted(keys, nodes.expand(2, -1).contiguous())
     return ConvGraph(edge_index, ptr, perm.contiguous())
+
+
+def edge_weights(w: torch.Tensor, num_edges: int) -> torch.Tensor:
+    """One weight row per edge from R = E - P rows (the layout above): rows ``[w[:P], w]``."""
+    return torch.cat((w[: num_edges - w.shape[0]], w))
 
 
 @dataclass(frozen=True)
