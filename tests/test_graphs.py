@@ -18,7 +18,8 @@ def test_neighbor_list_matches_ase_on_a_triclinic_cell():
     theirs = sorted(zip(i, j, map(tuple, S)))
     assert ours == theirs
     half = edge_index.shape[1] // 2
-    assert edges_paired(edge_index, shifts)  # edge k + E/2 reverses edge k: one radial MLP row per pair
+    assert edges_paired(edge_index, shifts, half)  # edge k + E/2 reverses edge k: one radial MLP row per pair
+    assert not edges_paired(edge_index, shifts, half + 1) and edges_paired(edge_index, shifts, 0)
     assert (np.diff(edge_index[0, :half]) >= 0).all()
     assert ((edge_index[0] == edge_index[1]) & (np.abs(shifts).sum(1) > 0)).any()  # self-images present
 
@@ -40,29 +41,46 @@ def test_batch_equals_one_at_a_time():
     assert torch.isnan(batched.stress[0]).all() and torch.isfinite(batched.stress[1]).all()
 
 
+def layout(graph: AtomicGraph, order: torch.Tensor, pairs: int) -> AtomicGraph:
+    return AtomicGraph(**{**graph.__dict__, "edge_index": graph.edge_index[:, order],
+                          "edge_shift": graph.edge_shift[order], "edge_pairs": pairs})
+
+
 def test_paired_and_unpaired_edge_layouts_agree():
-    """The paired layout runs the radial MLP on half the edges; shuffled edges take the full path."""
+    """All edges paired (the radial MLP runs on half the edges), some pairs and some unpaired edges
+    (P + U rows), and shuffled edges (no pairs): the same energy, forces, virial and training gradients."""
     model = small_model(seed=4)
     structures = [random_crystal(n=4, seed=5), random_molecule(n=6, seed=6)]
     graph = batch_graphs([graph_of(a, model) for a in structures])
-    assert edges_paired(graph.edge_index, graph.edge_shift)
-    order = torch.randperm(graph.edge_index.shape[1], generator=torch.Generator().manual_seed(0))
-    shuffled = AtomicGraph(**{**graph.__dict__, "edge_index": graph.edge_index[:, order],
-                              "edge_shift": graph.edge_shift[order]})
-    assert not edges_paired(shuffled.edge_index, shuffled.edge_shift)
-    a, b = model(graph, stress=True), model(shuffled, stress=True)
-    torch.testing.assert_close(a.energy, b.energy, atol=1e-12, rtol=0)
-    torch.testing.assert_close(a.forces, b.forces, atol=1e-12, rtol=0)
-    torch.testing.assert_close(a.virial, b.virial, atol=1e-12, rtol=0)
+    num_edges, half = graph.edge_index.shape[1], graph.edge_pairs
+    assert half == num_edges // 2 and edges_paired(graph.edge_index, graph.edge_shift, half)
+    order = torch.randperm(num_edges, generator=torch.Generator().manual_seed(0))
+    shuffled = layout(graph, order, 0)
+    assert not edges_paired(shuffled.edge_index, shuffled.edge_shift, half)
+    # the first 5 pairs stay pairs; the other pairs' two edges become unpaired, shuffled
+    keep = 5
+    tail = torch.cat([torch.arange(keep, half), torch.arange(half + keep, num_edges)])
+    tail = tail[torch.randperm(tail.shape[0], generator=torch.Generator().manual_seed(1))]
+    mixed = layout(graph, torch.cat([torch.arange(keep), torch.arange(half, half + keep), tail]), keep)
+    assert edges_paired(mixed.edge_index, mixed.edge_shift, keep)
+    batched = batch_graphs([mixed, graph])  # keeps the layout: both graphs' pairs, reverses, unpaired
+    assert batched.edge_pairs == keep + half
+    assert edges_paired(batched.edge_index, batched.edge_shift, batched.edge_pairs)
+    results = [model(g, stress=True) for g in (graph, mixed, shuffled)]
+    for other in results[1:]:
+        torch.testing.assert_close(other.energy, results[0].energy, atol=1e-12, rtol=0)
+        torch.testing.assert_close(other.forces, results[0].forces, atol=1e-12, rtol=0)
+        torch.testing.assert_close(other.virial, results[0].virial, atol=1e-12, rtol=0)
     grads = []
-    for g in (graph, shuffled):  # training gradients too
+    for g in (graph, mixed, shuffled):  # training gradients too
         model.zero_grad()
         pred = model(g, create_graph=True)
         (pred.energy.sum() + pred.forces.square().sum()).backward()
         grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-    assert len(grads[0]) == len(grads[1]) > 0
-    for ga, gb in zip(*grads):
-        torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-10)
+    assert len(grads[0]) == len(grads[1]) == len(grads[2]) > 0
+    for other in grads[1:]:
+        for ga, gb in zip(grads[0], other):
+            torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-10)
 
 
 def test_wrapped_and_lattice_shifted_structures_agree():

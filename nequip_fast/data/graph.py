@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .neighbors import edges_paired, neighbor_list
+from .neighbors import neighbor_list
 
 
 class UnknownSpeciesError(ValueError):
@@ -34,6 +34,9 @@ class AtomicGraph:
 
     edge_index: (2, E), row 0 the centre atom i (receiver), row 1 the neighbour j (sender); the
       edge vector is ``pos[j] - pos[i] + edge_shift @ cell[batch[i]]``.
+    edge_pairs: P, the edges are laid out as [P edges, their P reverses (same pair, opposite shift),
+      the rest unpaired], so the model runs each pair's radial network once (``neighbors.edges_paired``
+      checks it). Decided where the edges are made and carried as data: 0 claims nothing.
     Reference targets (energy, forces, stress) are optional and used by training/evaluation.
     Geometry (pos, cell, edge_shift) is always float64: the model subtracts positions in float64 and
     casts the edge vectors to its dtype, so a float32 model keeps its precision far from the origin.
@@ -46,6 +49,7 @@ class AtomicGraph:
     edge_index: torch.Tensor  # (2, E)
     edge_shift: torch.Tensor  # (E, 3) integer cell shifts, float64
     batch: torch.Tensor  # (N,) structure index of each atom
+    edge_pairs: int = 0
     energy: Optional[torch.Tensor] = None  # (B,)
     forces: Optional[torch.Tensor] = None  # (N, 3)
     stress: Optional[torch.Tensor] = None  # (B, 3, 3), ASE sign convention
@@ -71,6 +75,7 @@ class AtomicGraph:
             edge_index=torch.from_numpy(edge_index),
             edge_shift=torch.tensor(shifts, dtype=torch.float64),
             batch=torch.zeros(len(atoms), dtype=torch.long),
+            edge_pairs=edge_index.shape[1] // 2,  # neighbor_list pairs every edge
         )
         if targets:
             graph.energy, graph.forces, graph.stress = _targets(atoms, dtype)
@@ -79,8 +84,8 @@ class AtomicGraph:
     def to(self, device=None, dtype=None) -> "AtomicGraph":
         """Moved to ``device``; ``dtype`` applies to the targets (geometry stays float64)."""
         def move(name, t):
-            if t is None:
-                return None
+            if not isinstance(t, torch.Tensor):
+                return t
             if dtype is not None and t.is_floating_point() and name not in GEOMETRY:
                 return t.to(device=device, dtype=dtype)
             return t.to(device=device)
@@ -106,8 +111,8 @@ def _targets(atoms: Atoms, dtype):
 
 
 def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
-    """One graph of several structures; if every graph's edges are paired (``edges_paired``), so are
-    the batch's: all first halves, then all second halves."""
+    """One graph of several structures, keeping the pair layout (``edge_pairs``): every graph's
+    first edges of pairs, then their reverses, then the unpaired edges."""
     if not graphs:
         raise ValueError("cannot batch an empty list of structures")
     offsets = np.cumsum([0] + [g.pos.shape[0] for g in graphs[:-1]])
@@ -118,20 +123,19 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
             return None
         return torch.cat(values)
 
-    edge_index, edge_shift = [g.edge_index for g in graphs], [g.edge_shift for g in graphs]
-    if all(edges_paired(g.edge_index, g.edge_shift) for g in graphs):
-        halves = [g.edge_index.shape[1] // 2 for g in graphs]
-        edge_index = [ei[:, :h] for ei, h in zip(edge_index, halves)] + [ei[:, h:] for ei, h in zip(edge_index, halves)]
-        edge_shift = [s[:h] for s, h in zip(edge_shift, halves)] + [s[h:] for s, h in zip(edge_shift, halves)]
-        offsets = np.concatenate([offsets, offsets])
+    def bounds(g):  # [first edges of pairs, their reverses, unpaired]
+        return (0, g.edge_pairs, 2 * g.edge_pairs, g.edge_index.shape[1])
+
+    pieces = [(g, o, bounds(g)[part:part + 2]) for part in range(3) for g, o in zip(graphs, offsets)]
     return AtomicGraph(
         pos=torch.cat([g.pos for g in graphs]),
         species=torch.cat([g.species for g in graphs]),
         cell=torch.cat([g.cell for g in graphs]),
         pbc=torch.cat([g.pbc for g in graphs]),
-        edge_index=torch.cat([ei + int(o) for ei, o in zip(edge_index, offsets)], dim=1),
-        edge_shift=torch.cat(edge_shift),
+        edge_index=torch.cat([g.edge_index[:, a:b] + int(o) for g, o, (a, b) in pieces], dim=1),
+        edge_shift=torch.cat([g.edge_shift[a:b] for g, _, (a, b) in pieces]),
         batch=torch.cat([torch.full_like(g.batch, k) for k, g in enumerate(graphs)]),
+        edge_pairs=sum(g.edge_pairs for g in graphs),
         energy=cat_optional("energy"),
         forces=cat_optional("forces"),
         stress=cat_optional("stress"),

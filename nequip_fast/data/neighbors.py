@@ -25,9 +25,9 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
     """All ordered pairs ``(i, j, shift)`` with ``|x_j + shift @ cell - x_i| < r_max``, in pairs.
 
     Returns ``edge_index`` (2, E) with row 0 the centre atom i (the receiver of the message) and
-    row 1 the neighbour j (the sender), and integer cell shifts (E, 3). The layout is "paired"
-    (see ``edges_paired``): the first E/2 edges (sorted by i, then j), then the same edges reversed in
-    the same order, so the model evaluates each pair's radial network once. Raises ``GeometryError``
+    row 1 the neighbour j (the sender), and integer cell shifts (E, 3). Every edge is paired
+    (``edges_paired`` with E/2 pairs): the first E/2 edges (sorted by i, then j), then the same edges
+    reversed in the same order, so the model evaluates each pair's radial network once. Raises ``GeometryError``
     for overlapping atoms, naming them.
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
@@ -50,13 +50,11 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_ma
     return edge_index, np.concatenate([shifts, -shifts])
 
 
-def edges_paired(edge_index, edge_shift) -> bool:
-    """Whether edge ``k + E/2`` is edge ``k`` reversed (same pair, opposite shift) for every k < E/2
-    (numpy arrays or torch tensors)."""
-    num_edges = edge_index.shape[1]
-    if num_edges % 2:
+def edges_paired(edge_index, edge_shift, pairs: int) -> bool:
+    """Whether edge ``k + pairs`` is edge ``k`` reversed (same pair, opposite shift) for every
+    k < ``pairs`` (numpy arrays or torch tensors): the layout ``AtomicGraph.edge_pairs`` claims."""
+    if not 0 <= 2 * pairs <= edge_index.shape[1]:
         return False
-    half = num_edges // 2
-    return bool((edge_index[0, :half] == edge_index[1, half:]).all()
-                and (edge_index[1, :half] == edge_index[0, half:]).all()
-                and (edge_shift[:half] == -edge_shift[half:]).all())
+    return bool((edge_index[0, :pairs] == edge_index[1, pairs:2 * pairs]).all()
+                and (edge_index[1, :pairs] == edge_index[0, pairs:2 * pairs]).all()
+                and (edge_shift[:pairs] == -edge_shift[pairs:2 * pairs]).all())

@@ -10,7 +10,6 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..data.graph import AtomicGraph
-from ..data.neighbors import edges_paired
 from .config import ModelConfig
 from .geometry import edge_forces, edge_vectors, edge_virials
 from .nequip import NequIPEnergy
@@ -43,8 +42,7 @@ class Potential(torch.nn.Module):
             vec = edge_vectors(graph.pos, graph.cell, graph.batch, graph.edge_index, graph.edge_shift, self.dtype)
             if not vec.requires_grad:
                 vec.requires_grad_(True)
-            paired = edges_paired(graph.edge_index, graph.edge_shift)
-            atomic = self.energy_model(graph.species, graph.edge_index, vec, paired)
+            atomic = self.energy_model(graph.species, graph.edge_index, vec, graph.edge_pairs)
             energy = torch.zeros(graph.num_graphs, dtype=atomic.dtype, device=atomic.device)
             energy = energy.index_add(0, graph.batch, atomic)
             if not (forces or stress):
