@@ -18,7 +18,7 @@
 namespace nequip {
 namespace {
 
-const char *const FORMAT = "nequip_fast.deployed.v2";  // nequip_fast/deploy/package.py
+const char *const FORMAT = "nequip_fast.deployed.v3";  // nequip_fast/deploy/package.py
 const char *const REDEPLOY = "redeploy the checkpoint with `nequip-fast deploy`";
 
 std::string release(const std::string &version) { return version.substr(0, version.find('+')); }
@@ -130,7 +130,7 @@ Model::Model(ModelInfo info, int device_index)
 Model::~Model() = default;
 
 Outputs Model::run(const at::Tensor &species, const at::Tensor &edge_index, const at::Tensor &edge_vec,
-                   int64_t nghost) {
+                   int64_t nghost, int64_t npairs) {
   c10::InferenceMode guard;
   // As the Python side (data.neighbors): overlapping atoms give no physical energy (at 0 A a NaN).
   if (edge_vec.size(0) > 0) {
@@ -140,8 +140,10 @@ Outputs Model::run(const at::Tensor &species, const at::Tensor &edge_index, cons
                                " A apart (closer than 0.1 A): overlapping atoms, or non-finite positions");
   }
   const auto dtype = info_.dtype == "float64" ? at::kDouble : at::kFloat;
+  const auto index = at::TensorOptions().dtype(at::kLong).device(device_);
+  // ghosts: only its length counts; then the edges that own a radial row (nequip_fast/deploy/export.py)
   std::vector<at::Tensor> inputs{species.to(device_), edge_index.to(device_), edge_vec.to(device_, dtype),
-                                 at::zeros({nghost}, at::TensorOptions().dtype(at::kLong).device(device_))};
+                                 at::zeros({nghost}, index), at::arange(npairs, edge_vec.size(0), index)};
   std::vector<at::Tensor> out = loader_->run(inputs);
   auto host = [](const at::Tensor &t) { return t.to(at::kCPU, at::kDouble).contiguous(); };
   return {host(out[0]), host(out[1]), host(out[2]), host(out[3]), host(out[4])};

@@ -40,9 +40,11 @@ class Model {
   c10::Device device() const { return device_; }
   // species (nlocal,), edge_index (2, E) int64 and edge_vec (E, 3) float64, all on the CPU; atoms
   // nlocal..nlocal+nghost-1 are ghosts (their features come from the active GhostComm, exchange.h);
-  // every receiver is local. Inputs are moved to the model's device and outputs back once.
+  // every receiver is local. Edges [npairs, 2 npairs) reverse edges [0, npairs) (the radial
+  // networks run once per pair), the rest are unpaired. Inputs are moved to the model's device and
+  // outputs back once.
   Outputs run(const at::Tensor &species, const at::Tensor &edge_index, const at::Tensor &edge_vec,
-              int64_t nghost);
+              int64_t nghost, int64_t npairs);
 
  private:
   ModelInfo info_;

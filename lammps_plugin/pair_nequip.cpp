@@ -2,6 +2,7 @@
 
 #include "atom.h"
 #include "comm.h"
+#include "domain.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
@@ -17,6 +18,7 @@
 #include <mpi.h>
 #include <torch/cuda.h>
 
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -136,6 +138,8 @@ void PairNequIP::build_graph() {
   receivers.clear();
   senders.clear();
   vectors.clear();
+  images.clear();
+  const double *h_inv = domain->h_inv;
   for (int ii = 0; ii < list->inum; ii++) {
     const int i = list->ilist[ii];
     const int *neighbors = list->firstneigh[i];
@@ -150,13 +154,66 @@ void PairNequIP::build_graph() {
       receivers.push_back(i);
       senders.push_back(row_of[j]);
       vectors.insert(vectors.end(), d, d + 3);
+      // The lattice vector from the sender's model row to j, in cells: an exact integer up to
+      // rounding, so edges are matched by (atoms, image), never by comparing floating vectors.
+      std::array<int, 3> image{0, 0, 0};
+      if (row_of[j] < nlocal && j >= nlocal) {
+        const double *xs = x[row_of[j]];
+        const double e[3] = {x[j][0] - xs[0], x[j][1] - xs[1], x[j][2] - xs[2]};
+        image = {static_cast<int>(std::lround(h_inv[0] * e[0] + h_inv[5] * e[1] + h_inv[4] * e[2])),
+                 static_cast<int>(std::lround(h_inv[1] * e[1] + h_inv[3] * e[2])),
+                 static_cast<int>(std::lround(h_inv[2] * e[2]))};
+      }
+      images.push_back(image);
     }
   }
+  pair_edges();
   if (!graph_logged && comm->me == 0) {
     graph_logged = true;
-    utils::logmesg(lmp, "pair_style nequip: rank 0 model graph: {} atoms ({} local), {} edges\n",
-                   nlocal + ghost_atoms.size(), nlocal, receivers.size());
+    utils::logmesg(lmp, "pair_style nequip: rank 0 model graph: {} atoms ({} local), {} edges, {} pairs\n",
+                   nlocal + ghost_atoms.size(), nlocal, receivers.size(), npairs);
   }
+}
+
+// Orders the edges [P edges, their P reverses, unpaired] (the model's pair layout): edge (i, s,
+// image n) with a local sender row s is paired with (s, i, -n), which the full neighbour list of s
+// holds unless its length rounds to the other side of r_max; edges from ghost rows stay unpaired.
+void PairNequIP::pair_edges() {
+  const int nlocal = atom->nlocal;
+  const int64_t nedges = static_cast<int64_t>(receivers.size());
+  auto key = [&](int64_t r, int64_t s, const std::array<int, 3> &n, int sign) {
+    return std::array<int64_t, 5>{r, s, sign * n[0], sign * n[1], sign * n[2]};
+  };
+  edge_of_key.clear();
+  for (int64_t e = 0; e < nedges; e++)
+    if (senders[e] < nlocal) edge_of_key[key(receivers[e], senders[e], images[e], 1)] = e;
+  order.clear();
+  std::vector<int64_t> reverses, unpaired;
+  for (int64_t e = 0; e < nedges; e++) {
+    int64_t reverse = -1;
+    if (senders[e] < nlocal) {
+      auto it = edge_of_key.find(key(senders[e], receivers[e], images[e], -1));
+      if (it != edge_of_key.end()) reverse = it->second;
+    }
+    if (reverse < 0) {
+      unpaired.push_back(e);
+    } else if (e < reverse) {  // the pair's first edge; the other one comes as its reverse
+      order.push_back(e);
+      reverses.push_back(reverse);
+    }
+  }
+  npairs = static_cast<int64_t>(order.size());
+  order.insert(order.end(), reverses.begin(), reverses.end());
+  order.insert(order.end(), unpaired.begin(), unpaired.end());
+  auto permute = [&](auto &v, int width) {
+    std::remove_reference_t<decltype(v)> out(v.size());
+    for (size_t k = 0; k < order.size(); k++)
+      for (int c = 0; c < width; c++) out[k * width + c] = v[order[k] * width + c];
+    v.swap(out);
+  };
+  permute(receivers, 1);
+  permute(senders, 1);
+  permute(vectors, 3);
 }
 
 void PairNequIP::compute(int eflag, int vflag) {
@@ -178,7 +235,7 @@ void PairNequIP::compute(int eflag, int vflag) {
   nequip::Outputs out;
   try {
     nequip::GhostCommScope scope(&exchange);
-    out = model->run(species, edge_index, edge_vec, nghost);
+    out = model->run(species, edge_index, edge_vec, nghost, npairs);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style nequip: the model failed: {}", e.what());
   }

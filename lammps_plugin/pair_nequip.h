@@ -19,6 +19,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <array>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -28,6 +29,14 @@ class Model;
 }
 
 namespace LAMMPS_NS {
+
+struct EdgeKeyHash {
+  size_t operator()(const std::array<int64_t, 5> &k) const {
+    size_t h = 0;
+    for (int64_t v : k) h = h * 1000003u ^ std::hash<int64_t>()(v);
+    return h;
+  }
+};
 
 class PairNequIP : public Pair {
  public:
@@ -52,6 +61,12 @@ class PairNequIP : public Pair {
   std::vector<int64_t> ghost_atoms, receivers, senders;
   std::vector<double> vectors;
   std::unordered_map<tagint, int> local_of_tag;
+  // edge pairing: the periodic image of each edge's sender relative to its model row, the edges
+  // with a local sender by (receiver, sender row, image), and the order [pairs, reverses, unpaired]
+  std::vector<std::array<int, 3>> images;
+  std::unordered_map<std::array<int64_t, 5>, int64_t, EdgeKeyHash> edge_of_key;
+  std::vector<int64_t> order;
+  int64_t npairs = 0;
   bool graph_logged = false;
   // the ghost exchange, run with LAMMPS's communication of (nlocal + nghost, width) rows in LAMMPS atom order
   class Exchange : public nequip::GhostComm {
@@ -71,6 +86,7 @@ class PairNequIP : public Pair {
   void allocate();
   int node_local_rank();
   void build_graph();
+  void pair_edges();
 };
 
 }  // namespace LAMMPS_NS

@@ -18,6 +18,7 @@ from conftest import random_molecule, small_model
 from nequip_fast.ase import NequIPCalculator
 from nequip_fast.cli import main as cli_main
 from nequip_fast.deploy import DeployError, DeployedPotential, read_metadata
+from nequip_fast.data import AtomicGraph
 from nequip_fast.model import save_model
 
 SPECIES = ["Cu", "O"]
@@ -67,6 +68,24 @@ def test_round_trip_matches_checkpoint(deployed64, make_atoms):
         np.testing.assert_allclose(got.results[key], expected.results[key], rtol=1e-10, atol=1e-10, err_msg=key)
 
 
+def test_deployed_program_pairs_any_number_of_edges(deployed64):
+    """The pair count is an input: every edge paired, some pairs then unpaired edges, none: equal results."""
+    checkpoint, pt2 = deployed64
+    deployed = DeployedPotential(pt2)
+    graph = AtomicGraph.from_atoms(cu_vacancy(), SPECIES, deployed.r_max, dtype=torch.float64)
+    half, num_edges = graph.edge_pairs, graph.edge_index.shape[1]
+    assert half == num_edges // 2 > 10
+    keep = torch.cat([torch.arange(10), torch.arange(half, half + 10), torch.arange(10, half),
+                      torch.arange(half + 10, num_edges)])  # 10 pairs, then the rest unpaired
+    layouts = [graph] + [AtomicGraph(**{**graph.__dict__, "edge_index": graph.edge_index[:, order],
+                                        "edge_shift": graph.edge_shift[order], "edge_pairs": pairs})
+                         for order, pairs in ((keep, 10), (torch.arange(num_edges).flip(0), 0))]
+    results = [deployed(g, stress=True) for g in layouts]
+    for other in results[1:]:
+        for key in ("energy", "forces", "virial"):
+            torch.testing.assert_close(getattr(other, key), getattr(results[0], key), rtol=0, atol=1e-10)
+
+
 def test_metadata(deployed64):
     _, pt2 = deployed64
     meta = read_metadata(pt2)
@@ -100,7 +119,7 @@ def other_torch(meta):
 
 
 def older_format(meta):
-    meta["format"] = "nequip_fast.deployed.v1"  # before the ghost-exchange input
+    meta["format"] = "nequip_fast.deployed.v2"  # before the edge-pair input
 
 
 def no_r_max(meta):

@@ -217,6 +217,25 @@ def test_one_shell_of_ghosts(plugin, one_rank, tmp_path):
     assert local < total < 2.5 * local, graph
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_plugin_pairs_edges(plugin, one_rank, ranks, tmp_path):
+    """The plugin orders rank 0's edges as [pairs, their reverses, unpaired] (the radial networks run
+    once per pair): on one rank every ghost folds, so every edge is paired; on two ranks the edges
+    from exchanged ghosts are not. Results equal one rank's (which equal NequIPCalculator's)."""
+    one, pt2, atoms = one_rank["cu_vacancy"]
+    extra = "processors 2 1 1" if ranks == 2 else ""
+    log = run_lammps(single_point_script(plugin, pt2, SPECIES, True, extra), _with_data(tmp_path, atoms), ranks=ranks)
+    graph = next(line for line in log.splitlines() if "model graph" in line)
+    edges, pairs = (int(v) for v in graph.split("), ")[1].replace(",", "").split()[::2])
+    if ranks == 1:
+        assert 2 * pairs == edges > 0, graph
+    else:
+        assert 0 < 2 * pairs < edges, graph
+    got = _result(log)
+    for key in ("energy", "virial"):
+        np.testing.assert_allclose(got[key], one[key], rtol=1e-10, atol=1e-10, err_msg=key)
+
+
 def _with_data(workdir: Path, atoms) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     write_data(atoms, workdir / "data.lmp", SPECIES)

@@ -62,6 +62,12 @@ class AtomicGraph:
     def num_atoms(self) -> torch.Tensor:
         return torch.bincount(self.batch, minlength=self.num_graphs)
 
+    def row_edges(self) -> Optional[torch.Tensor]:
+        """The edges that own a radial weight row, ``arange(P, E)`` (``NequIPEnergy``); None without pairs."""
+        if self.edge_pairs == 0:
+            return None
+        return torch.arange(self.edge_pairs, self.edge_index.shape[1], device=self.edge_index.device)
+
     @staticmethod
     def from_atoms(atoms: Atoms, species: Sequence[str], r_max: float, dtype=torch.float64,
                    targets: bool = False) -> "AtomicGraph":

@@ -42,7 +42,8 @@ class DeployedPotential(torch.nn.Module):
         edge_vec = edge_vectors(graph.pos, graph.cell, graph.batch, graph.edge_index, graph.edge_shift, self.dtype)
         energy, atomic, f, virial, _ = self.program(
             graph.species.to(self.device), graph.edge_index.to(self.device), edge_vec.to(self.device),
-            torch.zeros(0, dtype=torch.long, device=self.device))  # a whole structure: no ghosts
+            torch.zeros(0, dtype=torch.long, device=self.device),  # a whole structure: no ghosts
+            torch.arange(graph.edge_pairs, edge_vec.shape[0], device=self.device))  # the edges owning a radial row
         virial = virial.unsqueeze(0)
         stress_tensor = None
         if stress:

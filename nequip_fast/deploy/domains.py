@@ -105,8 +105,8 @@ def decompose(atoms: Atoms, species: Sequence[str], r_max: float, grid: Sequence
 def evaluate(program: Callable, parts: Decomposition, dtype: torch.dtype) -> Results:
     """Run an edge program (``export.EdgePotential`` or a deployed one) on stacked subdomains and
     fold every row back onto its atom."""
-    energy, atomic, forces, virial, atomic_virial = program(
-        parts.species, parts.edge_index, parts.edge_vec.to(dtype), parts.ghosts)
+    energy, atomic, forces, virial, atomic_virial = program(  # edges unpaired: a radial row per edge
+        parts.species, parts.edge_index, parts.edge_vec.to(dtype), parts.ghosts, torch.arange(parts.edge_vec.shape[0]))
     num_atoms = parts.nlocal
     local_atom = parts.atom[:num_atoms]
     fold = lambda t: t.new_zeros((num_atoms,) + t.shape[1:]).index_add(0, parts.atom, t)  # noqa: E731

@@ -28,13 +28,17 @@ from ..model.tabulated import tabulate as tabulated
 from ..ops import auto_backend, convolutions
 from .export import export_program
 
-FORMAT = "nequip_fast.deployed.v2"  # v2: ghost-exchange input (multi-rank LAMMPS)
+FORMAT = "nequip_fast.deployed.v3"  # v2: ghost-exchange input (multi-rank LAMMPS); v3: edge-pair count input
 # Everything the LAMMPS plugin and the Python loader read; a missing one is an error naming it.
 REQUIRED = ("format", "nequip_fast_version", "torch_version", "r_max", "species", "num_layers", "dtype", "device",
             "conv_backend", "exchange_width", "model_config", "probe_energy", "probe_forces", "fingerprint")
 # The fields the probe structure is drawn from, and those the fingerprint covers (in this order).
 MODEL_FIELDS = ("species", "r_max", "num_layers", "dtype", "model_config")
 SIGNED_FIELDS = REQUIRED[:-1]
+# The compiled kernels' OpenMP regions ask for the running process's thread count (torch.set_num_threads,
+# OMP_NUM_THREADS, LAMMPS's -sf omp/-pk omp) instead of the deploying machine's count, baked in by default:
+# a file deployed on 2 threads ran 2 threads in a 1-thread LAMMPS rank, beside the ops' own threads.
+INDUCTOR_CONFIGS = {"cpp.dynamic_threads": True}
 # Backends whose ops live in nequip_fast's ops library (ops/native.py): a process running the file must load it first.
 NATIVE_BACKENDS = ("cpu", "cuda")
 
@@ -183,8 +187,8 @@ def deploy(model: Potential, path: str | Path, device: str = "cpu", backend: str
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".pt2")
     os.close(fd)
     try:
-        torch._inductor.aoti_compile_and_package(
-            program, package_path=tmp, inductor_configs={"aot_inductor.metadata": metadata})
+        torch._inductor.aoti_compile_and_package(program, package_path=tmp, inductor_configs=INDUCTOR_CONFIGS | {
+            "aot_inductor.metadata": metadata})
         from .deployed import DeployedPotential
 
         try:

@@ -70,14 +70,15 @@ class NequIPEnergy(torch.nn.Module):
         return max(layer.block.irreps_in.dim for layer in self.layers)
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vec: torch.Tensor,
-                pairs: int = 0, ghosts: Optional[torch.Tensor] = None) -> torch.Tensor:
+                row_edges: Optional[torch.Tensor] = None, ghosts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Per-atom energies ``(len(species),)``; ``edge_vec[e]`` points from receiver ``edge_index[0, e]``
         to sender ``edge_index[1, e]``.
 
-        ``pairs``: P, edge ``k + P`` is edge ``k`` reversed for k < P (``AtomicGraph.edge_pairs``), so
-        the radial networks run once per pair, on edges ``P..E-1`` (row k owns edge k + P, and edge
-        k if k < P: the weight-row rule of ``ops.fused``); the caller guarantees it. An int, or a
-        symbolic size in the exported program.
+        ``row_edges``: ``arange(P, E)`` when edge ``k + P`` is edge ``k`` reversed for k < P
+        (``AtomicGraph.edge_pairs``): the radial networks then run once per pair, on the edges that
+        own a weight row (row k: edge k + P, and edge k if k < P, the rule of ``ops.fused``); the
+        caller guarantees it. An index, not an int, so that the exported program slices nothing by
+        a symbolic size (export cannot prove P <= E). None: one row per edge.
         ``ghosts``: for one subdomain of a decomposed structure, atoms ``len(species) + g`` are ghost
         copies of atoms owned elsewhere (``ops.exchange``) and every receiver is local (``species``
         covers the local atoms). Each layer computes local atoms only; the exchange then fills the
@@ -87,8 +88,10 @@ class NequIPEnergy(torch.nn.Module):
         num_atoms = nlocal if ghosts is None else nlocal + ghosts.shape[0]
         attrs = torch.nn.functional.one_hot(species, self.num_species).to(edge_vec.dtype)
         sh = self.spherical_harmonics(edge_vec)
-        rows = edge_index[:, pairs:] if self.pairable else edge_index  # a pair's reverse stands for it
-        lengths = torch.linalg.vector_norm(edge_vec[edge_vec.shape[0] - rows.shape[1]:], dim=-1)
+        rows, vec = edge_index, edge_vec
+        if row_edges is not None and self.pairable:  # a pair's reverse edge stands for the pair
+            rows, vec = edge_index.index_select(1, row_edges), edge_vec.index_select(0, row_edges)
+        lengths = torch.linalg.vector_norm(vec, dim=-1)
         edge_species = self._all_species(species, ghosts, edge_vec.dtype) if self.needs_edge_species else None
         radial = self.radial(lengths, edge_species, rows)
         graph = self.layers[0].block.conv.prepare(edge_index, num_atoms)  # once per forward, for every layer

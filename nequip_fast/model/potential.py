@@ -42,7 +42,7 @@ class Potential(torch.nn.Module):
             vec = edge_vectors(graph.pos, graph.cell, graph.batch, graph.edge_index, graph.edge_shift, self.dtype)
             if not vec.requires_grad:
                 vec.requires_grad_(True)
-            atomic = self.energy_model(graph.species, graph.edge_index, vec, graph.edge_pairs)
+            atomic = self.energy_model(graph.species, graph.edge_index, vec, graph.row_edges())
             energy = torch.zeros(graph.num_graphs, dtype=atomic.dtype, device=atomic.device)
             energy = energy.index_add(0, graph.batch, atomic)
             if not (forces or stress):
