@@ -109,7 +109,8 @@ def reference(checkpoint: Path, atoms):
     out = model(graph, forces=True, stress=True)
     pos = graph.pos.double()
     vec = pos[graph.edge_index[1]] - pos[graph.edge_index[0]] + graph.edge_shift.double() @ graph.cell[0].double()
-    edge_out = EdgePotential(model)(graph.species, graph.edge_index, vec.to(model.dtype), torch.zeros(0, dtype=torch.long))
+    edge_out = EdgePotential(model)(graph.species, graph.edge_index, vec.to(model.dtype), torch.zeros(0, dtype=torch.long),
+                                    torch.arange(graph.edge_pairs, vec.shape[0]))
     return dict(energy=atoms.get_potential_energy(), energies=atoms.get_potential_energies(),
                 forces=atoms.get_forces(), virial=out.virial[0].detach().double().numpy(),
                 atomic_virial=voigt(edge_out[4].detach().double().numpy()))
