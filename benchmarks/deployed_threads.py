@@ -21,12 +21,9 @@ from pathlib import Path
 
 import torch
 
-from nequip_fast.benchmark.setup import Setup
-from nequip_fast.benchmark.system import SystemSpec, build_system
-from nequip_fast.data import AtomicGraph
 from nequip_fast.deploy import DeployedPotential, deploy
-from nequip_fast.model import build_model
 from nequip_fast.model.tabulated import tabulate
+from profile_layers import benchmark_case  # this folder: the same model and structure
 
 
 def main(argv=None) -> int:
@@ -38,14 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tabulate", choices=("no", "yes", "both"), default="no")
     parser.add_argument("--deploy-dir", required=True)
     args = parser.parse_args(argv)
-    setup = Setup(model={"l_max": args.l_max, "num_layers": 4, "num_features": 32, "dtype": "float32"},
-                  system=SystemSpec(atoms=args.atoms), threads=max(args.threads))
-    cfg, _, _ = setup.prepare()
-    atoms = build_system(setup.system)
-    atoms.rattle(0.05, seed=0)
-    graph = AtomicGraph.from_atoms(atoms, cfg.species, cfg.r_max, dtype=torch.float32)
-    torch.manual_seed(0)
-    model = build_model(cfg.to_dict() | {"conv_backend": "cpu"}).eval()
+    model, graph = benchmark_case(args.l_max, args.atoms, max(args.threads))
     unpaired = dataclasses.replace(graph, edge_pairs=0)  # the same edges, one radial row each
     folder = Path(args.deploy_dir)
     folder.mkdir(parents=True, exist_ok=True)

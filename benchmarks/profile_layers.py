@@ -287,6 +287,18 @@ def markdown(results: dict, variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def benchmark_case(l_max: int, atoms: int, threads: int) -> tuple[Potential, AtomicGraph]:
+    """The model (random weights, seed 0, fused cpu conv) and rattled fcc Cu graph of ``nequip-fast benchmark``."""
+    setup = Setup(model={"l_max": l_max, "num_layers": 4, "num_features": 32, "dtype": "float32"},
+                  system=SystemSpec(atoms=atoms), threads=threads)
+    cfg, _, _ = setup.prepare()
+    structure = build_system(setup.system)
+    structure.rattle(0.05, seed=0)
+    graph = AtomicGraph.from_atoms(structure, cfg.species, cfg.r_max, dtype=torch.float32)
+    torch.manual_seed(0)
+    return build_model(cfg.to_dict() | {"conv_backend": "cpu"}).eval(), graph
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--l-max", type=int, nargs="+", default=[1, 2])
@@ -316,14 +328,7 @@ def main(argv=None) -> int:
 
     results = {}
     for l_max in args.l_max:
-        setup = Setup(model={"l_max": l_max, "num_layers": 4, "num_features": 32, "dtype": "float32"},
-                      system=SystemSpec(atoms=args.atoms), threads=args.threads)
-        cfg, _, _ = setup.prepare()
-        atoms = build_system(setup.system)
-        atoms.rattle(0.05, seed=0)
-        graph = AtomicGraph.from_atoms(atoms, cfg.species, cfg.r_max, dtype=torch.float32)
-        torch.manual_seed(0)
-        model = build_model(cfg.to_dict() | {"conv_backend": "cpu"}).eval()
+        model, graph = benchmark_case(l_max, args.atoms, args.threads)
         start = time.perf_counter()
         tabulated = tabulate(model, args.tolerance)
         entry = {"tabulate_s": time.perf_counter() - start, "radial_table": tabulated.radial_table.summary(),
