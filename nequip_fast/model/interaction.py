@@ -46,8 +46,9 @@ class InteractionBlock(torch.nn.Module):
                              if per_species else None, persistent=False)
 
     def forward(self, x, attrs, sh, radial, edge_index, graph, ghosts=None):
-        """``x``, ``attrs``: local atoms. ``radial`` has a row per edge, or per pair of paired edges
-        (the conv takes either). ``graph``: the conv's prepared graph (``TensorProductConv.prepare``).
+        """``x``, ``attrs``: local atoms. ``radial`` has a row per edge, or E - P rows for P edge
+        pairs (the conv's weight-row rule, ``ops.fused``). ``graph``: the conv's prepared graph
+        (``TensorProductConv.prepare``).
         ``ghosts``: fill ghost atoms' inputs from their owners before the convolution (``ops.exchange``).
         Returns the convolution output of the local atoms, not yet divided by ``norm``."""
         h = self.fused_linear_1(x, self.linear_1.weight)
