@@ -1,6 +1,7 @@
 """Convolution backends side by side: op forward, forward+backward, model energy+forces, peak memory.
 
     .venv/bin/python benchmarks/bench_conv.py [--repeat 2] [--threads 2] [--device cuda]
+    .venv/bin/python benchmarks/bench_conv.py --kernels [--repeat 7]      # per kernel, 1 thread, CPU time
 
 fcc Cu, 1024 atoms, r_max 5.0 (~42 neighbours), 32 channels, float32; all backends in one process
 run, so compare the ratios. Peak memory is the rise over the run of one call of the resident set
@@ -81,6 +82,64 @@ def floor_per_edge(d: ConvDescriptor, num_nodes: int, num_edges: int) -> tuple[f
     return flops, (d.weight_numel + d.irreps_sh.dim) * itemsize + 2 * 8 + per_node * num_nodes / num_edges
 
 
+def kernel_floors(d: ConvDescriptor, num_nodes: int, num_edges: int, w_rows: int) -> dict[str, tuple[float, float]]:
+    """(FLOPs, bytes) per call of each CPU kernel: the arithmetic of its pairs and terms, and what it
+    must read and write once (paired edges: w and g_w have ``w_rows`` rows)."""
+    item = torch.finfo(DTYPE).bits // 8
+    nodes = (d.irreps_in.dim + d.irreps_out.dim) * item * num_nodes
+    index = 2 * 8 * num_edges  # col and perm per edge
+    edge_bytes = d.weight_numel * item * w_rows + d.irreps_sh.dim * item * num_edges + index
+    pairs = [len({(i, k) for i, _, k, _ in p.cg}) for p in d.paths]
+    # per pair t += c x (2 mul); per output component acc += w t (2 mul); per term c += v sh (2)
+    conv = sum(p.mul * (2 * q + 2 * p.out_dim) + 2 * len(p.cg) for p, q in zip(d.paths, pairs))
+    conv_t = sum(p.mul * (2 * q + 2 * p.in_dim) + 2 * len(p.cg) for p, q in zip(d.paths, pairs))
+    # per pair: t (2 mul), dot with w g (2 mul); per output component g_w += g t (2 mul), w g (mul); terms 4
+    grads = sum(p.mul * (4 * q + 3 * p.out_dim) + 4 * len(p.cg) for p, q in zip(d.paths, pairs))
+    return {"segment_conv": (conv * num_edges, edge_bytes + nodes),
+            "segment_conv transposed": (conv_t * num_edges, edge_bytes + nodes),
+            "edge_grads": (grads * num_edges, 2 * edge_bytes - index + nodes)}
+
+
+def bench_kernels(graph: AtomicGraph, repeat: int, peaks) -> None:
+    """CPU time per call of each kernel entry point (1 thread, ``time.thread_time``, best of
+    ``repeat`` after a warm-up) and its share of the machine's floors."""
+    from nequip_fast.ops.fused import load_backend
+    from nequip_fast.ops.plan import lower
+
+    backend = load_backend("cpu")
+    for l_max, parity in CASES:
+        irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=-1 if parity else 1)
+        irreps = o3.Irreps([(32, (l, p)) for l in range(l_max + 1) for p in ((1, -1) if parity else (1,))])
+        d = ConvDescriptor.nequip(irreps, irreps_sh, irreps)
+        n, e = graph.pos.shape[0], graph.edge_index.shape[1]
+        w_rows = e - graph.edge_pairs  # a pair of edges shares one weight row
+        g = torch.Generator().manual_seed(0)
+        x, sh, w, out = (torch.randn(shape, generator=g, dtype=DTYPE) for shape in
+                         ((n, irreps.dim), (e, irreps_sh.dim), (w_rows, d.weight_numel), (n, d.irreps_out.dim)))
+        plan = lower(d, DTYPE)
+        cg = backend.graph(graph.edge_index, n)
+        args = (plan.ints, plan.values, list(plan.layout), *cg)
+        calls = {"segment_conv": lambda: backend.segment_conv(x, sh, w, *args, False),
+                 "segment_conv transposed": lambda: backend.segment_conv(out, sh, w, *args, True),
+                 "edge_grads": lambda: backend.edge_grads(x, out, sh, w, *args)}
+        floors = kernel_floors(d, n, e, w_rows)
+        print(f"\nl_max={l_max} parity={'on' if parity else 'off'}: {n} atoms, {e} edges "
+              f"({graph.edge_pairs} pairs), 1 thread")
+        print("| kernel | CPU ms | GFLOP/s | % matmul rate | GB/s | % copy bandwidth |")
+        print("|---|---|---|---|---|---|")
+        for name, call in calls.items():
+            call()
+            times = []
+            for _ in range(repeat):
+                t = time.thread_time()
+                call()
+                times.append(time.thread_time() - t)
+            s = min(times)
+            flops, nbytes = floors[name]
+            print(f"| {name} | {s * 1e3:.1f} | {flops / s / 1e9:.1f} | {100 * flops / s / peaks[0]:.1f} | "
+                  f"{nbytes / s / 1e9:.1f} | {100 * nbytes / s / peaks[1]:.1f} |")
+
+
 def cu_graph() -> AtomicGraph:
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((8, 8, 4))
     return AtomicGraph.from_atoms(atoms, ["Cu"], 5.0, dtype=DTYPE)
@@ -131,7 +190,15 @@ def main():
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--kernels", action="store_true", help="CPU time per kernel entry point, 1 thread")
     args = parser.parse_args()
+    if args.kernels:
+        torch.set_num_threads(1)
+        peaks = machine_peaks(torch.device("cpu"))
+        print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1 thread; load {os.getloadavg()}; "
+              f"matmul {peaks[0] / 1e9:.1f} GFLOP/s, copy {peaks[1] / 1e9:.1f} GB/s")
+        bench_kernels(cu_graph(), args.repeat, peaks)
+        return
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # fixed threshold: freed large blocks leave the RSS
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
     torch.set_num_threads(args.threads)

@@ -13,7 +13,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
+
+// The 32-byte vector types below never cross a call boundary (everything using them is inlined
+// into one clone), so the ABI note about passing them without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace nequip_fast {
 namespace {
@@ -59,9 +64,31 @@ struct Rows {
   const int64_t* ptr;
   const int64_t* perm;
   const int64_t* col;
+  // The pairs of each path by b component (the plan orders them by a): pair ids by_b[k] for
+  // k in [b_ptr[p.kptr + kk], b_ptr[p.kptr + kk + 1]) are those reducing into component kk of path p.
+  const int32_t* b_ptr;
+  const int32_t* by_b;
 };
 
+// The pair ids of each path grouped by b component, indexed like the plan's kptr (see Rows).
+template <typename T>
+void pairs_by_b(const PlanView<T>& plan, int64_t kptr_size, std::vector<int32_t>& b_ptr, std::vector<int32_t>& by_b) {
+  b_ptr.assign(kptr_size, 0);
+  by_b.clear();
+  for (int32_t pi = 0; pi < plan.n_paths; ++pi) {
+    const PlanPath& p = plan.paths[pi];
+    for (int32_t kk = 0; kk < p.b_dim; ++kk) {
+      b_ptr[p.kptr + kk] = int32_t(by_b.size());
+      for (int32_t q = p.pair_begin; q < p.pair_end; ++q)
+        if (plan.pairs[q].b == kk) by_b.push_back(q);
+    }
+    b_ptr[p.kptr + p.b_dim] = int32_t(by_b.size());
+  }
+}
+
 #define NEQUIP_FAST_INLINE __attribute__((always_inline)) inline
+// Lambdas too: one left out of line would be compiled for the baseline ISA, not the caller's clone.
+#define NEQUIP_FAST_INLINE_LAMBDA __attribute__((always_inline))
 
 // Edge layout [P edges, their P reverses, U unpaired], E = 2P + U, with R = E - P weight rows: a
 // pair's two edges share one row (the radial network runs once per pair). P = 0: one row per edge.
@@ -70,132 +97,345 @@ NEQUIP_FAST_INLINE const T* weight_row(const Rows<T>& a, int64_t e) {
   return a.w + (e < a.pairs ? e : e - a.pairs) * a.fw;
 }
 
-// c[q] = sum over the terms of pair q of value * sh[j]: the CG tensor contracted with this edge's sh.
-template <typename T>
-NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const T* y, T* c) {
-  for (int64_t q = 0; q < a.plan.n_pairs; ++q) {
-    T sum = 0;
-    for (int64_t m = a.plan.pairs[q].term_begin; m < a.plan.pairs[q].term_end; ++m)
-      sum += a.plan.values[m] * y[a.plan.terms[m].sh];
-    c[q] = sum;
+// A tile of channels held in registers: NV vectors of L lanes (GCC vector types; 32-byte vectors
+// are one AVX2 register, the baseline clone splits them).
+template <typename T, int L>
+struct Lanes {
+  typedef T type __attribute__((vector_size(sizeof(T) * L)));
+  typedef T unaligned __attribute__((vector_size(sizeof(T) * L), aligned(sizeof(T)), may_alias));  // loads, stores
+};
+template <typename T, int L, int NV>
+struct Tile {
+  using V = typename Lanes<T, L>::type;
+  V v[NV];
+  NEQUIP_FAST_INLINE static Tile zero() {
+    Tile t;
+    for (int i = 0; i < NV; ++i) t.v[i] = V{} ;
+    return t;
+  }
+  using U = typename Lanes<T, L>::unaligned;
+  NEQUIP_FAST_INLINE static Tile load(const T* p) {
+    Tile t;
+    for (int i = 0; i < NV; ++i) t.v[i] = *reinterpret_cast<const U*>(p + i * L);
+    return t;
+  }
+  NEQUIP_FAST_INLINE void store(T* p) const {
+    for (int i = 0; i < NV; ++i) *reinterpret_cast<U*>(p + i * L) = v[i];
+  }
+  NEQUIP_FAST_INLINE void fma(T s, const Tile& x) {  // this += s * x
+    for (int i = 0; i < NV; ++i) v[i] += s * x.v[i];
+  }
+  NEQUIP_FAST_INLINE void fma(const Tile& x, const Tile& y) {  // this += x * y
+    for (int i = 0; i < NV; ++i) v[i] += x.v[i] * y.v[i];
+  }
+  NEQUIP_FAST_INLINE Tile operator*(const Tile& y) const {
+    Tile t;
+    for (int i = 0; i < NV; ++i) t.v[i] = v[i] * y.v[i];
+    return t;
+  }
+  NEQUIP_FAST_INLINE V vector_sum() const {
+    V s = v[0];
+    for (int i = 1; i < NV; ++i) s += v[i];
+    return s;
+  }
+  NEQUIP_FAST_INLINE T sum() const { return half_sum<L>(vector_sum()); }  // all channels
+  template <int N>
+  NEQUIP_FAST_INLINE static T half_sum(const typename Lanes<T, N>::type& s) {
+    if constexpr (N == 1) {
+      return s[0];
+    } else {
+      using H = typename Lanes<T, N / 2>::unaligned;
+      const T* lanes = reinterpret_cast<const T*>(&s);
+      return half_sum<N / 2>(*reinterpret_cast<const H*>(lanes) + *reinterpret_cast<const H*>(lanes + N / 2));
+    }
+  }
+};
+
+constexpr int lanes_of(size_t item) { return int(32 / item); }
+
+// __builtin_shufflevector: clang, GCC >= 12; older compilers take the scalar lane sums below.
+#ifndef NEQUIP_FAST_SHUFFLE
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define NEQUIP_FAST_SHUFFLE 1
+#endif
+#endif
+#endif
+#ifndef NEQUIP_FAST_SHUFFLE
+#define NEQUIP_FAST_SHUFFLE 0
+#endif
+
+// sums[i] = the sum of the lanes of v[i], for L vectors at once: pairwise sums within 16-byte
+// halves (the pattern of x86's haddps/haddpd) and one sum across them; no horizontal sum per vector.
+template <typename T, int L>
+NEQUIP_FAST_INLINE void lane_sums(const T* v, T* sums) {  // v: L vectors of L lanes
+#if NEQUIP_FAST_SHUFFLE
+  using V = typename Lanes<T, L>::type;
+  using U = typename Lanes<T, L>::unaligned;
+  auto at = [&](int i) { return *reinterpret_cast<const U*>(v + i * L); };
+  if constexpr (L == 8) {
+    auto hadd = [](V a, V b) {
+      return __builtin_shufflevector(a, b, 0, 2, 8, 10, 4, 6, 12, 14) +
+             __builtin_shufflevector(a, b, 1, 3, 9, 11, 5, 7, 13, 15);
+    };
+    const V lo = hadd(hadd(at(0), at(1)), hadd(at(2), at(3))), hi = hadd(hadd(at(4), at(5)), hadd(at(6), at(7)));
+    const V s = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11) +
+                __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);
+    *reinterpret_cast<U*>(sums) = s;
+    return;
+  } else if constexpr (L == 4) {
+    auto hadd = [](V a, V b) {
+      return __builtin_shufflevector(a, b, 0, 4, 2, 6) + __builtin_shufflevector(a, b, 1, 5, 3, 7);
+    };
+    const V lo = hadd(at(0), at(1)), hi = hadd(at(2), at(3));
+    *reinterpret_cast<U*>(sums) =
+        __builtin_shufflevector(lo, hi, 0, 1, 4, 5) + __builtin_shufflevector(lo, hi, 2, 3, 6, 7);
+    return;
+  }
+#endif
+  for (int i = 0; i < L; ++i) {
+    sums[i] = 0;
+    for (int l = 0; l < L; ++l) sums[i] += v[i * L + l];
   }
 }
 
-// acc (ir_mul, one row) = sum over the row's edges of T(x[col], sh, w). MUL > 0 fixes the channel
-// count at compile time (fully unrolled channel loops); 0 reads it from the path.
-template <int64_t MUL, typename T>
-NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, T* acc, int64_t acc_size, T* c, T* xw) {
-  for (int64_t f = 0; f < acc_size; ++f) acc[f] = 0;
-  for (int64_t k = a.ptr[r]; k < a.ptr[r + 1]; ++k) {
-    const int64_t e = a.perm[k];
-    const T* xa = a.x + a.col[e] * a.fa;
-    const T* we = weight_row(a, e);
-    contract_sh(a, a.sh + e * a.fs, c);
-    for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
-      const PlanPath& p = a.plan.paths[pi];
-      const int64_t mul = MUL > 0 ? MUL : p.mul;
-      const T* wp = we + p.w_off;
-      for (int64_t i = 0; i < p.a_dim; ++i) {
-        const T* xp = xa + p.a_off + i * mul;
+// Per edge block scratch: the edges' sh transposed, their contracted CG coefficients, the pair dots
+// of edge_grads; [column or pair][edge] so that the term loops run over the edges with unit stride.
+template <typename T>
+struct BlockScratch {
+  std::vector<const T*> x, w;
+  std::vector<T> sht, c, dots, acc;
+  std::vector<T> dv;  // edge_grads: per pair, <x[a], w g[b]> by lane (vector types lose their alignment in templates)
+  void fit(int64_t n, int64_t fs, int64_t np) {
+    if (int64_t(x.size()) < n) x.resize(n), w.resize(n), sht.resize(n * fs), c.resize(n * np), dots.resize(n * np);
+    constexpr int kLanes = lanes_of(sizeof(T));
+    dv.resize((np + kLanes - 1) / kLanes * kLanes * kLanes);  // padding pairs stay zero
+  }
+};
+
+// c[q * n + j] = sum over the terms of pair q of value * sh[es[j], col]: the CG tensor contracted
+// with the sh of each of the n edges es, vectorised over the edges.
+template <typename T>
+NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const int64_t* es, int64_t n, BlockScratch<T>& s) {
+  T* sht = s.sht.data();
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t f = 0; f < a.fs; ++f) sht[f * n + j] = a.sh[es[j] * a.fs + f];
+  for (int64_t q = 0; q < a.plan.n_pairs; ++q) {
+    T* cq = s.c.data() + q * n;
+    for (int64_t j = 0; j < n; ++j) cq[j] = 0;
+    for (int64_t m = a.plan.pairs[q].term_begin; m < a.plan.pairs[q].term_end; ++m) {
+      const T v = a.plan.values[m];
+      const T* y = sht + a.plan.terms[m].sh * n;
 #pragma omp simd
-        for (int64_t u = 0; u < mul; ++u) xw[i * mul + u] = xp[u] * wp[u];
-      }
-      for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
-        const T cq = c[q];
-        const T* xq = xw + a.plan.pairs[q].a * mul;
-        T* aq = acc + p.b_off + a.plan.pairs[q].b * mul;
-#pragma omp simd
-        for (int64_t u = 0; u < mul; ++u) aq[u] += cq * xq[u];
-      }
+      for (int64_t j = 0; j < n; ++j) cq[j] += v * y[j];
     }
   }
 }
 
-// g_sh[e] (written) and g_w (accumulated into gwe) of <g[r], T(x[sender], sh[e], w[e])> for one edge e.
+// Calls f.template operator()<L, NV>(u0) for the tiles covering `mul` channels: one register tile
+// of MUL channels when MUL > 0 (fully unrolled), else vector tiles when mul is a multiple of a
+// vector's lanes and single channels otherwise.
+template <typename T, int64_t MUL, typename F>
+NEQUIP_FAST_INLINE void for_tiles(int64_t mul, F&& f) {
+  constexpr int kLanes = lanes_of(sizeof(T));
+  if constexpr (MUL > 0) {
+    static_assert(MUL % kLanes == 0, "a fixed channel count is a whole number of vectors");
+    f.template operator()<kLanes, int(MUL / kLanes)>(int64_t(0));
+  } else if (mul % kLanes == 0) {
+    for (int64_t u0 = 0; u0 < mul; u0 += kLanes) f.template operator()<kLanes, 1>(u0);
+  } else {
+    for (int64_t u0 = 0; u0 < mul; ++u0) f.template operator()<1, 1>(u0);
+  }
+}
+
+// Edges per block of a row: their x and w rows stay in L1 while every output tile passes over them.
+constexpr int64_t kEdgeBlock = 8;
+
+// out row r (e3nn's mul_ir layout) = sum over the row's edges of T(x[col], sh, w). Per block of
+// the row's edges, each output component's channel tile is accumulated in registers (per path:
+// t = sum over its pairs of c * x[a], acc += w * t); MUL > 0 fixes the channel count at compile
+// time, 0 reads it from the plan.
 template <int64_t MUL, typename T>
-NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, T* c, T* g_sh, T* gwe) {
+NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>& s, T* orow) {
+  const int64_t begin = a.ptr[r], n = a.ptr[r + 1] - begin;
+  s.fit(n, a.fs, a.plan.n_pairs);
+  if (int64_t(s.acc.size()) < a.plan.b_features) s.acc.resize(a.plan.b_features);
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t e = a.perm[begin + j];
+    s.x[j] = a.x + a.col[e] * a.fa;
+    s.w[j] = weight_row(a, e);
+  }
+  contract_sh(a, a.perm + begin, n, s);
+  const T* const* xs = s.x.data();
+  const T* const* ws = s.w.data();
+  const T* cs = s.c.data();
+  T* accs = s.acc.data();  // [ir_mul] between edge blocks
+  for (int64_t j0 = 0; j0 < n; j0 += kEdgeBlock) {
+    const int64_t j1 = std::min(n, j0 + kEdgeBlock);
+    for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {
+      const PlanGroup& b = a.plan.groups[gi];
+      const int64_t mul = MUL > 0 ? MUL : b.mul;
+      for_tiles<T, MUL>(mul, [&]<int L, int NV>(int64_t u0) NEQUIP_FAST_INLINE_LAMBDA {
+        using TileT = Tile<T, L, NV>;
+        for (int64_t kk = 0; kk < b.b_dim; ++kk) {
+          T* acc_at = accs + b.b_off + kk * mul + u0;
+          TileT acc = j0 == 0 ? TileT::zero() : TileT::load(acc_at);
+          for (int64_t pi = b.path_begin; pi < b.path_end; ++pi) {
+            const PlanPath& p = a.plan.paths[pi];
+            const int32_t q_begin = a.b_ptr[p.kptr + kk], q_end = a.b_ptr[p.kptr + kk + 1];
+            for (int64_t j = j0; j < j1 && q_begin < q_end; ++j) {
+              const T* xj = xs[j] + p.a_off + u0;
+              TileT t = TileT::zero();
+              for (int32_t m = q_begin; m < q_end; ++m) {
+                const int32_t q = a.by_b[m];
+                t.fma(cs[q * n + j], TileT::load(xj + a.plan.pairs[q].a * mul));
+              }
+              acc.fma(TileT::load(ws[j] + p.w_off + u0), t);
+            }
+          }
+          if (j1 < n) {
+            acc.store(acc_at);
+          } else {
+            T* o = orow + b.b_off + u0 * b.b_dim + kk;
+            for (int i = 0; i < NV; ++i)
+              for (int l = 0; l < L; ++l) o[(i * L + l) * b.b_dim] = acc.v[i][l];
+          }
+        }
+      });
+    }
+  }
+}
+
+// g_w (accumulated into gwe) of <g[r], T(x[sender], sh[e], w[e])> for edge j of a block, and the
+// pair dots <x[a], w g[b]> that give its g_sh. Per path and channel tile, w and g_w stay in
+// registers; per b component, with g[r]'s tile: t = sum over its pairs of c * x[a], g_w += g * t.
+template <int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, const T* c, T* dots, int64_t n,
+                                        T* dv, T* gwe) {
+  constexpr int kLanes = lanes_of(sizeof(T));
+  using VL = typename Lanes<T, kLanes>::unaligned;
+  if (MUL == 0)
+    for (int64_t f = 0; f < a.plan.n_pairs * kLanes; ++f) dv[f] = 0;
   const T* gr = a.g + r * a.fb;
   const T* xa = a.x + a.col[e] * a.fa;
   const T* we = weight_row(a, e);
-  T* gye = g_sh + e * a.fs;
-  for (int64_t f = 0; f < a.fs; ++f) gye[f] = 0;
-  contract_sh(a, a.sh + e * a.fs, c);
   for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
     const PlanPath& p = a.plan.paths[pi];
     const int64_t mul = MUL > 0 ? MUL : p.mul;
-    const T* wp = we + p.w_off;
-    T* gwp = gwe + p.w_off;
-    for (int64_t q = p.pair_begin; q < p.pair_end; ++q) {
-      const PlanPair& pr = a.plan.pairs[q];
-      const T cq = c[q];
-      const T* xp = xa + p.a_off + pr.a * mul;
-      const T* gp = gr + p.b_off + pr.b * mul;
-      T dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t u = 0; u < mul; ++u) {
-        const T xg = xp[u] * gp[u];
-        gwp[u] += cq * xg;
-        dot += wp[u] * xg;
+    for_tiles<T, MUL>(mul, [&]<int L, int NV>(int64_t u0) NEQUIP_FAST_INLINE_LAMBDA {
+      using TileT = Tile<T, L, NV>;
+      const TileT wp = TileT::load(we + p.w_off + u0);
+      TileT gw = TileT::load(gwe + p.w_off + u0);
+      for (int64_t kk = 0; kk < p.b_dim; ++kk) {
+        const int32_t q_begin = a.b_ptr[p.kptr + kk], q_end = a.b_ptr[p.kptr + kk + 1];
+        if (q_begin == q_end) continue;
+        const TileT gk = TileT::load(gr + p.b_off + kk * mul + u0);
+        const TileT wg = wp * gk;
+        TileT t = TileT::zero();
+        for (int32_t m = q_begin; m < q_end; ++m) {
+          const int32_t q = a.by_b[m];
+          const TileT xq = TileT::load(xa + p.a_off + a.plan.pairs[q].a * mul + u0);
+          t.fma(c[q * n], xq);
+          VL& dq = *reinterpret_cast<VL*>(dv + q * kLanes);
+          if constexpr (L == kLanes && MUL > 0)
+            dq = (xq * wg).vector_sum();  // the tile covers all channels
+          else if constexpr (L == kLanes)
+            dq += (xq * wg).vector_sum();
+          else
+            dv[q * kLanes] += (xq * wg).sum();
+        }
+        gw.fma(gk, t);
       }
-      for (int64_t m = pr.term_begin; m < pr.term_end; ++m) gye[a.plan.terms[m].sh] += a.plan.values[m] * dot;
-    }
+      gw.store(gwe + p.w_off + u0);
+    });
+  }
+  T sums[kLanes];
+  for (int64_t q0 = 0; q0 < a.plan.n_pairs; q0 += kLanes) {
+    lane_sums<T, kLanes>(dv + q0 * kLanes, sums);
+    for (int64_t q = q0; q < std::min<int64_t>(a.plan.n_pairs, q0 + kLanes); ++q) dots[q * n] = sums[q - q0];
   }
 }
 
-// Unpaired: for each edge of row r (the CSR by receiver keeps g[r] in cache), its own g_w row.
+// g_sh and g_w of the n edges es (every edge of a pair in the same block: they share a g_w row).
 template <int64_t MUL, typename T>
-NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, T* c, T* g_sh, T* g_w) {
-  for (int64_t k = a.ptr[r]; k < a.ptr[r + 1]; ++k) {
-    const int64_t e = a.perm[k];
-    T* gwe = g_w + e * a.fw;
-    // Each edge belongs to exactly one row, so zeroing here (cache-hot) replaces a zero-filled allocation.
+NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, int64_t n, const int64_t* receiver,
+                                         BlockScratch<T>& s, T* g_sh, T* g_w) {
+  const int64_t np = a.plan.n_pairs;
+  s.fit(n, a.fs, np);
+  // Each g_w row belongs to one block, so zeroing here (cache-hot) replaces a zero-filled allocation.
+  for (int64_t j = 0; j < n; ++j) {
+    T* gwe = g_w + (weight_row(a, es[j]) - a.w);
     for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
-    edge_grads_edge<MUL>(a, e, r, c, g_sh, gwe);
   }
+  contract_sh(a, es, n, s);
+  T* dots = s.dots.data();
+  for (int64_t j = 0; j < n; ++j)
+    edge_grads_edge<MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
+                         g_w + (weight_row(a, es[j]) - a.w));
+  // g_sh[e, col] = sum over the terms (pair q, col) of value * dots[q], vectorised over the edges.
+  T* gsht = s.sht.data();
+  for (int64_t f = 0; f < a.fs * n; ++f) gsht[f] = 0;
+  for (int64_t q = 0; q < np; ++q)
+    for (int64_t m = a.plan.pairs[q].term_begin; m < a.plan.pairs[q].term_end; ++m) {
+      const T v = a.plan.values[m];
+      const T* dq = dots + q * n;
+      T* gy = gsht + a.plan.terms[m].sh * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) gy[j] += v * dq[j];
+    }
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t f = 0; f < a.fs; ++f) g_sh[es[j] * a.fs + f] = gsht[f * n + j];
+}
+
+// Unpaired: the edges of row r (the CSR by receiver keeps g[r] in cache), each its own g_w row.
+template <int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, const int64_t* receiver, BlockScratch<T>& s,
+                                       T* g_sh, T* g_w) {
+  edge_grads_block<MUL>(a, a.perm + a.ptr[r], a.ptr[r + 1] - a.ptr[r], receiver, s, g_sh, g_w);
 }
 
 // With pairs (weight_row): one task per weight row k, which owns edge k + P and, if k < P, edge k
-// too, and sums their g_w (no two tasks write one row).
+// too, and sums their g_w (no two tasks write one row); kPairBlock weight rows at a time.
+constexpr int64_t kPairBlock = 16;
 template <int64_t MUL, typename T>
-NEQUIP_FAST_INLINE void edge_grads_pair(const Rows<T>& a, int64_t k, const int64_t* receiver, T* c, T* g_sh,
-                                        T* g_w) {
-  T* gwe = g_w + k * a.fw;
-  for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
-  if (k < a.pairs) edge_grads_edge<MUL>(a, k, receiver[k], c, g_sh, gwe);
-  edge_grads_edge<MUL>(a, k + a.pairs, receiver[k + a.pairs], c, g_sh, gwe);
+NEQUIP_FAST_INLINE void edge_grads_pair_block(const Rows<T>& a, int64_t k0, int64_t k1, const int64_t* receiver,
+                                              BlockScratch<T>& s, T* g_sh, T* g_w) {
+  int64_t es[2 * kPairBlock], n = 0;
+  for (int64_t k = k0; k < k1; ++k) {
+    if (k < a.pairs) es[n++] = k;
+    es[n++] = k + a.pairs;
+  }
+  edge_grads_block<MUL>(a, es, n, receiver, s, g_sh, g_w);
 }
 
-// One clone per ISA level, picked at load time (ifunc): AVX2+FMA where the CPU has it, baseline
-// x86-64 otherwise, so the wheel stays portable without -march.
+// One clone per ISA level, picked at load time (ifunc): AVX-512 (compile-checked only: the
+// development machine has none), AVX2+FMA, baseline x86-64 otherwise, so the wheel stays
+// portable without -march.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define NEQUIP_FAST_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define NEQUIP_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define NEQUIP_FAST_CLONES
 #endif
 
 #define NEQUIP_FAST_ROW_FUNCTIONS(T, MUL, SUFFIX)                                                      \
-  NEQUIP_FAST_CLONES void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, T* acc,   \
-                                               int64_t acc_size, T* c, T* xw, T* out) {                 \
+  NEQUIP_FAST_CLONES void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,           \
+                                               BlockScratch<T>& s, T* out) {                            \
     for (int64_t r = begin; r < end; ++r) {                                                            \
-      T* orow = out + r * acc_size;                                                                    \
-      for (int64_t f = 0; f < acc_size; ++f) orow[f] = 0; /* columns no path reaches stay zero */      \
-      if (a.ptr[r] == a.ptr[r + 1]) continue;                                                          \
-      segment_row<MUL>(a, r, acc, acc_size, c, xw);                                                    \
-      for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {                                               \
-        const PlanGroup& b = a.plan.groups[gi];                                                        \
-        for (int64_t u = 0; u < b.mul; ++u)                                                            \
-          for (int64_t i = 0; i < b.b_dim; ++i)                                                        \
-            orow[b.b_off + u * b.b_dim + i] = acc[b.b_off + i * b.mul + u];                            \
-      }                                                                                                \
+      T* orow = out + r * a.plan.b_features;                                                           \
+      for (int64_t f = 0; f < a.plan.b_features; ++f) orow[f] = 0; /* columns no path reaches */       \
+      if (a.ptr[r] != a.ptr[r + 1]) segment_row<MUL>(a, r, s, orow);                                  \
     }                                                                                                  \
   }                                                                                                    \
-  NEQUIP_FAST_CLONES void edge_grads_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, T* c,  \
-                                                  T* g_sh, T* g_w) {                                    \
-    for (int64_t r = begin; r < end; ++r) edge_grads_row<MUL>(a, r, c, g_sh, g_w);                     \
+  NEQUIP_FAST_CLONES void edge_grads_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,        \
+                                                  const int64_t* receiver, BlockScratch<T>& s, T* g_sh, \
+                                                  T* g_w) {                                             \
+    for (int64_t r = begin; r < end; ++r) edge_grads_row<MUL>(a, r, receiver, s, g_sh, g_w);           \
   }                                                                                                    \
   NEQUIP_FAST_CLONES void edge_grads_pairs##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,       \
-                                                   const int64_t* receiver, T* c, T* g_sh, T* g_w) {    \
-    for (int64_t k = begin; k < end; ++k) edge_grads_pair<MUL>(a, k, receiver, c, g_sh, g_w);          \
+                                                   const int64_t* receiver, BlockScratch<T>& s, T* g_sh, \
+                                                   T* g_w) {                                            \
+    for (int64_t k = begin; k < end; k += kPairBlock)                                                  \
+      edge_grads_pair_block<MUL>(a, k, std::min(end, k + kPairBlock), receiver, s, g_sh, g_w);         \
   }
 // NequIP's default 32 channels get unrolled kernels; any other channel counts the generic ones.
 NEQUIP_FAST_ROW_FUNCTIONS(float, 0, )
@@ -203,23 +443,29 @@ NEQUIP_FAST_ROW_FUNCTIONS(double, 0, )
 NEQUIP_FAST_ROW_FUNCTIONS(float, 32, 32)
 NEQUIP_FAST_ROW_FUNCTIONS(double, 32, 32)
 
+// The kernels' operands; `order` holds the pairs by b component that rows points into.
 template <typename T>
 Rows<T> make_rows(const PlanView<T>& plan, const at::Tensor& xt, const at::Tensor& sh, const at::Tensor& w,
-                  const int64_t* ptr, const int64_t* perm, const int64_t* col) {
-  return Rows<T>{plan, xt.data_ptr<T>(), xt.size(1), nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(),
-                 w.size(1), sh.size(0) - w.size(0), ptr, perm, col};
+                  const int64_t* ptr, const int64_t* perm, const int64_t* col,
+                  std::pair<std::vector<int32_t>, std::vector<int32_t>>& order) {
+  int64_t kptr_size = 0;
+  for (int32_t pi = 0; pi < plan.n_paths; ++pi)
+    kptr_size = std::max<int64_t>(kptr_size, plan.paths[pi].kptr + plan.paths[pi].b_dim + 1);
+  pairs_by_b(plan, kptr_size, order.first, order.second);
+  return Rows<T>{plan,      xt.data_ptr<T>(), xt.size(1), nullptr, 0,   sh.data_ptr<T>(),   sh.size(1),
+                 w.data_ptr<T>(), w.size(1),   sh.size(0) - w.size(0), ptr, perm, col, order.first.data(),
+                 order.second.data()};
 }
 
 template <typename T>
 void segment_conv_kernel(const Rows<T>& rows, at::Tensor& out) {
-  const int64_t fb = out.size(1);
   T* o = out.data_ptr<T>();
   at::parallel_for(0, out.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(fb), c(rows.plan.n_pairs), xw(rows.plan.max_a_block);
+    BlockScratch<T> scratch;
     if (rows.plan.uniform_mul == 32)
-      segment_rows32(rows, begin, end, acc.data(), fb, c.data(), xw.data(), o);
+      segment_rows32(rows, begin, end, scratch, o);
     else
-      segment_rows(rows, begin, end, acc.data(), fb, c.data(), xw.data(), o);
+      segment_rows(rows, begin, end, scratch, o);
   });
 }
 
@@ -231,20 +477,20 @@ void edge_grads_kernel(const Rows<T>& rows, const int64_t* receiver, int64_t num
   const bool mul32 = rows.plan.uniform_mul == 32;
   if (rows.pairs > 0) {  // one task per weight row
     at::parallel_for(0, g_sh.size(0) - rows.pairs, kRowGrain * 16, [&](int64_t begin, int64_t end) {
-      std::vector<T> c(rows.plan.n_pairs);
+      BlockScratch<T> scratch;
       if (mul32)
-        edge_grads_pairs32(rows, begin, end, receiver, c.data(), gy, gw);
+        edge_grads_pairs32(rows, begin, end, receiver, scratch, gy, gw);
       else
-        edge_grads_pairs(rows, begin, end, receiver, c.data(), gy, gw);
+        edge_grads_pairs(rows, begin, end, receiver, scratch, gy, gw);
     });
     return;
   }
   at::parallel_for(0, num_rows, kRowGrain, [&](int64_t begin, int64_t end) {
-    std::vector<T> c(rows.plan.n_pairs);
+    BlockScratch<T> scratch;
     if (mul32)
-      edge_grads_rows32(rows, begin, end, c.data(), gy, gw);
+      edge_grads_rows32(rows, begin, end, receiver, scratch, gy, gw);
     else
-      edge_grads_rows(rows, begin, end, c.data(), gy, gw);
+      edge_grads_rows(rows, begin, end, receiver, scratch, gy, gw);
   });
 }
 
@@ -260,8 +506,9 @@ at::Tensor segment_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at:
     out = at::empty({x.size(0), view.b_features}, x.options());  // every row is written
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
+    std::pair<std::vector<int32_t>, std::vector<int32_t>> order;
     segment_conv_kernel<scalar_t>(make_rows<scalar_t>(view, xt, shc, wc, p[d].data_ptr<int64_t>(),
-                                                      pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>()),
+                                                      pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>(), order),
                                   out);
   });
   return out;
@@ -281,8 +528,9 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at:
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor gt = to_ir_mul<scalar_t>(g.contiguous(), view.groups, view.n_groups);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
+    std::pair<std::vector<int32_t>, std::vector<int32_t>> order;
     Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[0].data_ptr<int64_t>(), pm[0].data_ptr<int64_t>(),
-                                              ei[1].data_ptr<int64_t>());
+                                              ei[1].data_ptr<int64_t>(), order);
     rows.g = gt.data_ptr<scalar_t>();
     rows.fb = gt.size(1);
     edge_grads_kernel<scalar_t>(rows, ei[0].data_ptr<int64_t>(), gt.size(0), g_sh, g_w);
