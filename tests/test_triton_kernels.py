@@ -232,11 +232,11 @@ COMPILE_SCRIPT = textwrap.dedent("""
         pointers = dict.fromkeys(["x_ptr", "sh_ptr", "w_ptr"], dt)
         for transpose in (False, True):
             sig = {**pointers, "out_ptr": dt, "row_ptr": "*i64", "col_ptr": "*i64", "perm_ptr": "*i64",
-                   "w_rows": "i64", "BLOCK_E": "constexpr"}
+                   "pairs": "i64", "BLOCK_E": "constexpr"}
             src = ASTSource(_segment(kernel_plan(plan, transpose), False).kernel, sig, {"BLOCK_E": 4})
             triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         sig = {**pointers, "g_ptr": dt, "sender_ptr": "*i64", "receiver_ptr": "*i64", "g_sh_ptr": dt, "g_w_ptr": dt,
-               "num_edges": "i64", "w_rows": "i64", "BLOCK_E": "constexpr"}
+               "num_edges": "i64", "pairs": "i64", "BLOCK_E": "constexpr"}
         src = ASTSource(_edge_grads(kernel_plan(plan, False), False).kernel, sig, {"BLOCK_E": 4})
         triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 """)
