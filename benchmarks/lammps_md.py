@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(threads_for(1))
     torch.manual_seed(0)
     base = load_model(args.model) if args.model else build_model(MODEL)
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lammps_md_"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lammps_md_")).resolve()  # LAMMPS runs in subfolders
     workdir.mkdir(parents=True, exist_ok=True)
     plugin = build_plugin()
     rows = []
