@@ -18,13 +18,31 @@
 #include <mpi.h>
 #include <torch/cuda.h>
 
+#include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <stdexcept>
 #include <string>
 #include <utility>
 
 using namespace LAMMPS_NS;
+
+// Every step allocates the same large temporaries; glibc would mmap them afresh and give freed heap
+// tops back, so each step faulted and zeroed every page again (~20% of a step's CPU time,
+// benchmarks/RESULTS.md). Keep freed memory instead, as nequip_fast/allocator.py does in Python.
+static bool keep_freed_memory() {
+#if defined(__GLIBC__)
+  const char *setting = std::getenv("NEQUIP_FAST_KEEP_FREED_MEMORY");
+  if (setting != nullptr && std::strcmp(setting, "0") == 0) return false;
+  return mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, INT_MAX) == 1;
+#else
+  return false;
+#endif
+}
 
 PairNequIP::PairNequIP(LAMMPS *lmp) : Pair(lmp) {
   single_enable = 0;
@@ -33,6 +51,7 @@ PairNequIP::PairNequIP(LAMMPS *lmp) : Pair(lmp) {
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;  // the model returns the virial (and per-atom virials)
   centroidstressflag = CENTROID_NOTAVAIL;
+  keeps_freed_memory = keep_freed_memory();
 }
 
 PairNequIP::~PairNequIP() {
@@ -99,10 +118,12 @@ void PairNequIP::coeff(int narg, char **arg) {
   // LAMMPS sizes its communication buffers from these (per atom): the widest exchanged feature
   comm_forward = comm_reverse = model->info().exchange_width;
   if (comm->me == 0)
-    utils::logmesg(lmp, "pair_style nequip: {} (species {}, r_max {}, {} layers, {}, {} conv, {}, nequip_fast {})\n",
+    utils::logmesg(lmp, "pair_style nequip: {} (species {}, r_max {}, {} layers, {}, {} conv, {}, nequip_fast {}); "
+                   "freed memory {}\n",
                    arg[2], utils::join_words(species, " "), model->info().r_max,
                    model->info().num_layers, model->info().dtype, model->info().conv_backend,
-                   model->device().str(), model->info().nequip_fast_version);
+                   model->device().str(), model->info().nequip_fast_version,
+                   keeps_freed_memory ? "kept (NEQUIP_FAST_KEEP_FREED_MEMORY=0 returns it)" : "returned");
 }
 
 void PairNequIP::init_style() {

@@ -68,6 +68,7 @@ class PairNequIP : public Pair {
   std::vector<int64_t> order;
   int64_t npairs = 0;
   bool graph_logged = false;
+  bool keeps_freed_memory = false;  // glibc malloc set by the constructor (nequip_fast/allocator.py)
   // the ghost exchange, run with LAMMPS's communication of (nlocal + nghost, width) rows in LAMMPS atom order
   class Exchange : public nequip::GhostComm {
    public:

@@ -8,6 +8,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .allocator import keep_freed_memory
 from .data.graph import AtomicGraph
 from .model import Potential, load_model
 from .model.tabulated import tabulate as tabulated
@@ -33,6 +34,7 @@ class NequIPCalculator(Calculator):
     def __init__(self, model_or_path: Potential | str | Path, device: str = "cpu", backend: str | None = None,
                  tabulate: bool = False, tabulate_tolerance: float | None = None, **kwargs):
         super().__init__(**kwargs)
+        keep_freed_memory()  # MD calls this calculator thousands of times with same-sized temporaries
         model = model_or_path if isinstance(model_or_path, torch.nn.Module) else _load(model_or_path, backend)
         if backend is not None and isinstance(model, Potential):
             set_backend(model, backend)

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 import nequip_fast
+from nequip_fast.allocator import keep_freed_memory
 
 # module paths, imported lazily so that `nequip-fast info` never pays for heavy imports
 COMMANDS = ["nequip_fast.commands.info", "nequip_fast.commands.train", "nequip_fast.commands.evaluate",
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     return int(args.func(args) or 0)
 
 

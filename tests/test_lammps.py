@@ -219,13 +219,17 @@ def test_one_shell_of_ghosts(plugin, one_rank, tmp_path):
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_plugin_pairs_edges(plugin, one_rank, ranks, tmp_path):
+def test_plugin_pairs_edges(plugin, one_rank, ranks, tmp_path, monkeypatch):
     """The plugin orders rank 0's edges as [pairs, their reverses, unpaired] (the radial networks run
     once per pair): on one rank every ghost folds, so every edge is paired; on two ranks the edges
-    from exchanged ghosts are not. Results equal one rank's (which equal NequIPCalculator's)."""
+    from exchanged ghosts are not. Results equal one rank's (which equal NequIPCalculator's).
+    The plugin keeps freed memory unless NEQUIP_FAST_KEEP_FREED_MEMORY=0 (here on two ranks)."""
     one, pt2, atoms = one_rank["cu_vacancy"]
     extra = "processors 2 1 1" if ranks == 2 else ""
+    if ranks == 2:
+        monkeypatch.setenv("NEQUIP_FAST_KEEP_FREED_MEMORY", "0")
     log = run_lammps(single_point_script(plugin, pt2, SPECIES, True, extra), _with_data(tmp_path, atoms), ranks=ranks)
+    assert f"freed memory {'returned' if ranks == 2 else 'kept'}" in log
     graph = next(line for line in log.splitlines() if "model graph" in line)
     edges, pairs = (int(v) for v in graph.split("), ")[1].replace(",", "").split()[::2])
     if ranks == 1:

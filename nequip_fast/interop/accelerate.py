@@ -23,6 +23,7 @@ from typing import Any, Mapping, Union
 
 import torch
 
+from ..allocator import keep_freed_memory
 from ..ops import ConvDescriptor, TensorProductConv
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def accelerate(model: torch.nn.Module, backend: str = "auto") -> torch.nn.Module
     if count == 0:
         raise ValueError("no upstream TensorProductScatter found: is this an upstream NequIP 0.19 model?")
     log.info("nequip_fast: fused convolution (%s) in %d upstream tensor-product layers", backend, count)
+    keep_freed_memory()  # upstream's training process repeats same-sized steps, like ours
     return model
 
 
