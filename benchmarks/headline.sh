@@ -6,6 +6,10 @@
 # test extra has it).
 #
 #   bash benchmarks/headline.sh [OUT_DIR] [ATOMS] [THREADS]     # defaults: build/headline 1024 2
+#
+# BUSY=1: the same with a second process busy for the whole run (one Python loop spinning on a
+# core), as on a user's shared machine. MEMORY=1: also the peak memory of each case (fresh
+# processes; adds a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -13,6 +17,12 @@ OUT=${1:-build/headline}
 ATOMS=${2:-1024}
 THREADS=${3:-2}
 mkdir -p "$OUT"
+if [ "${BUSY:-0}" = 1 ]; then
+    "$PY" -c "while True: pass" &
+    trap 'kill $!' EXIT
+fi
+SKIP=()
+[ "${MEMORY:-0}" = 1 ] || SKIP=(--skip memory)
 for L in 1 2; do
     # the benchmark's own model (avg_num_neighbors 42 = fcc Cu at r_max 5), saved, then deployed
     "$PY" - "$OUT/l$L.pt" "$L" <<'PY'
@@ -27,7 +37,7 @@ PY
     [ -f "$OUT/l$L.pt2" ] || "$PY" -m nequip_fast deploy "$OUT/l$L.pt" "$OUT/l$L.pt2" --backend cpu --tabulate
     uptime
     "$PY" -m nequip_fast benchmark --model "$OUT/l$L.pt2" --atoms "$ATOMS" --threads "$THREADS" \
-        --backends "$([ "$L" = 1 ] && echo reference,cpu || echo cpu)" --compare-upstream --no-upstream-compile --skip memory \
+        --backends "$([ "$L" = 1 ] && echo reference,cpu || echo cpu)" --compare-upstream --no-upstream-compile "${SKIP[@]}" \
         --warmup 1 --repeats $((L == 1 ? 7 : 5)) --json "$OUT/l$L.json"
     uptime
 done
