@@ -16,5 +16,10 @@ TORCH_LIBRARY(nequip_fast, m) {
   // Per edge e = (receiver r, sender s): gradients of <g[r], T(x[s], sh[e], w[e])> wrt sh[e] and w[e].
   m.def("edge_grads(Tensor x, Tensor g, Tensor sh, Tensor weight, Tensor plan, Tensor values, int[] layout, "
         "Tensor edge_index, Tensor ptr, Tensor perm) -> (Tensor, Tensor)");
+  // The radial MLP's SiLU, one elementwise pass per derivative level (silu.cpp; autograd in
+  // nequip_fast/ops/activations.py): silu(z); g silu'(z); (gg silu'(z), gg g silu''(z)).
+  m.def("silu(Tensor z) -> Tensor");
+  m.def("silu_grad(Tensor g, Tensor z) -> Tensor");
+  m.def("silu_grad2(Tensor gg, Tensor g, Tensor z) -> (Tensor, Tensor)");
 }
 

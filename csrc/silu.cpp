@@ -1,0 +1,224 @@
+// The radial MLP's SiLU and its first two derivatives, each one elementwise pass (CPU).
+//
+// torch runs silu, silu_backward and autograd's formula for the double backward as separate
+// kernels (the double backward as ~9 multiplies and a sigmoid over the edges x width tensor),
+// and its exp costs ~1 ns per element on this class of machine. Here every output of a derivative
+// level is one pass over its operands:
+//   silu(z) = z s,  silu'(z) = s (1 + z q),  silu''(z) = s q (2 + z (q - s)),
+// with s = sigmoid(z), q = 1 - s, both from e = exp(-|z|) without cancellation (z >= 0: s = 1 / (1 + e),
+// q = e / (1 + e); z < 0 swapped), so no intermediate overflows for any |z|; infinities and NaN give
+// what torch gives (silu(-inf) and every derivative at +-inf are NaN).
+// float64 uses std::exp (the model's float64 results stay those of torch to ~1e-16). float32 is
+// computed in double lanes with a degree-8 polynomial exp (relative error < 1e-9 before the final
+// rounding), so each result is the float64 value rounded once: within one ulp of the truth.
+// Every element's result depends on its value only (the tail runs through the same vector code),
+// so results do not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+
+namespace nequip_fast {
+namespace {
+
+// As in conv_cpu.cpp: one clone per ISA level, picked at load time (AVX-512, AVX2+FMA, baseline).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NEQUIP_FAST_SILU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define NEQUIP_FAST_SILU_CLONES
+#endif
+#define NEQUIP_FAST_SILU_INLINE __attribute__((always_inline)) inline
+
+// The lane helpers are always inlined into the clones, so no vector crosses a call boundary (the
+// ABI note GCC gives for the baseline clone does not apply).
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float Lanes __attribute__((vector_size(32)));      // 8 floats
+typedef int32_t LaneBits __attribute__((vector_size(32)));  // their bits, and comparison masks
+typedef float UnalignedLanes __attribute__((vector_size(32), aligned(4), may_alias));  // loads, stores
+constexpr int64_t kLanes = 8;
+constexpr int64_t kGrain = 1 << 15;  // elements per task: ~10 us of work
+
+// exp(x) for x <= 0 (and NaN) in float lanes: x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite), exp(r)
+// by Cephes' expf minimax polynomial, 2^n from the exponent bits. Below -87.3 (2^n no longer
+// normal) the result is 0: z e is then below 1e-35 for every finite z, and an exact 0 keeps
+// silu(-inf) and the derivatives at +-inf NaN, as in torch.
+NEQUIP_FAST_SILU_INLINE Lanes exp_nonpositive(Lanes x) {
+  const Lanes shift = Lanes{} + 0x1.8p23f;  // adding it rounds x / ln2 to an integer in the low bits
+  const Lanes clamped = x < -87.3f ? Lanes{} - 87.3f : x;  // NaN compares false and stays
+  const Lanes t = clamped * 1.44269504088896341f + shift;
+  const Lanes n = t - shift;
+  Lanes r = clamped - n * 0.693359375f;  // ln2 split: the high part times n is exact
+  r = r - n * -2.12194440e-4f;
+  Lanes p = Lanes{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const LaneBits exponent = ((LaneBits)t - (LaneBits)shift + 127) << 23;
+  const Lanes e = p * (Lanes)exponent;
+  return x < -87.3f ? Lanes{} : e;
+}
+
+NEQUIP_FAST_SILU_INLINE double exp_nonpositive(double x) { return std::exp(x); }
+
+// s = sigmoid(z) and q = 1 - s from e = exp(-|z|).
+template <typename V>
+NEQUIP_FAST_SILU_INLINE void sigmoids(V z, V& s, V& q) {
+  const V e = exp_nonpositive(z >= 0 ? -z : z);
+  const V d = 1.0 / (1.0 + e), p = e * d;
+  s = z >= 0 ? d : p;
+  q = z >= 0 ? p : d;
+}
+
+// The three derivative levels on lanes (V = Lanes) or scalars (V = double).
+struct Silu {
+  template <typename V>
+  NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
+    V s, q;
+    sigmoids(in[0], s, q);
+    out[0] = in[0] * s;
+  }
+  static constexpr int kIn = 1, kOut = 1;
+};
+
+struct SiluGrad {  // (g, z) -> g silu'(z)
+  template <typename V>
+  NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
+    V s, q;
+    sigmoids(in[1], s, q);
+    out[0] = in[0] * (s * (1.0 + in[1] * q));
+  }
+  static constexpr int kIn = 2, kOut = 1;
+};
+
+struct SiluGrad2 {  // (gg, g, z) -> (gg silu'(z), gg g silu''(z))
+  template <typename V>
+  NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
+    const V z = in[2];
+    V s, q;
+    sigmoids(z, s, q);
+    out[0] = in[0] * (s * (1.0 + z * q));
+    out[1] = in[0] * in[1] * (s * q * (2.0 + z * (q - s)));
+  }
+  static constexpr int kIn = 3, kOut = 2;
+};
+
+// kLanes elements from i.
+template <typename Op>
+NEQUIP_FAST_SILU_INLINE void step_f32(const float* const* in, float* const* out, int64_t i) {
+  Lanes x[Op::kIn], y[Op::kOut];
+#pragma GCC unroll 4
+  for (int k = 0; k < Op::kIn; ++k) x[k] = *reinterpret_cast<const UnalignedLanes*>(in[k] + i);
+  Op::apply(x, y);
+#pragma GCC unroll 4
+  for (int k = 0; k < Op::kOut; ++k) *reinterpret_cast<UnalignedLanes*>(out[k] + i) = y[k];
+}
+
+// Elements [begin, end): whole steps, then the tail through the same code (zero padded).
+template <typename Op>
+NEQUIP_FAST_SILU_INLINE void run_f32(const float* const* in, float* const* out, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) step_f32<Op>(in, out, i);
+  if (i == end) return;
+  float in_tail[Op::kIn][kLanes] = {}, out_tail[Op::kOut][kLanes];
+  const float* in_ptrs[Op::kIn];
+  float* out_ptrs[Op::kOut];
+  for (int k = 0; k < Op::kIn; ++k) {
+    std::memcpy(in_tail[k], in[k] + i, (end - i) * sizeof(float));
+    in_ptrs[k] = in_tail[k];
+  }
+  for (int k = 0; k < Op::kOut; ++k) out_ptrs[k] = out_tail[k];
+  step_f32<Op>(in_ptrs, out_ptrs, 0);
+  for (int k = 0; k < Op::kOut; ++k) std::memcpy(out[k] + i, out_tail[k], (end - i) * sizeof(float));
+}
+
+template <typename Op>
+NEQUIP_FAST_SILU_INLINE void run_f64(const double* const* in, double* const* out, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    double x[Op::kIn], y[Op::kOut];
+    for (int k = 0; k < Op::kIn; ++k) x[k] = in[k][i];
+    Op::apply(x, y);
+    for (int k = 0; k < Op::kOut; ++k) out[k][i] = y[k];
+  }
+}
+
+NEQUIP_FAST_SILU_CLONES void silu_f32(const float* const* in, float* const* out, int64_t b, int64_t e) {
+  run_f32<Silu>(in, out, b, e);
+}
+NEQUIP_FAST_SILU_CLONES void silu_grad_f32(const float* const* in, float* const* out, int64_t b, int64_t e) {
+  run_f32<SiluGrad>(in, out, b, e);
+}
+NEQUIP_FAST_SILU_CLONES void silu_grad2_f32(const float* const* in, float* const* out, int64_t b, int64_t e) {
+  run_f32<SiluGrad2>(in, out, b, e);
+}
+void silu_f64(const double* const* in, double* const* out, int64_t b, int64_t e) { run_f64<Silu>(in, out, b, e); }
+void silu_grad_f64(const double* const* in, double* const* out, int64_t b, int64_t e) {
+  run_f64<SiluGrad>(in, out, b, e);
+}
+void silu_grad2_f64(const double* const* in, double* const* out, int64_t b, int64_t e) {
+  run_f64<SiluGrad2>(in, out, b, e);
+}
+
+using KernelF32 = void (*)(const float* const*, float* const*, int64_t, int64_t);
+using KernelF64 = void (*)(const double* const*, double* const*, int64_t, int64_t);
+
+// Checks the operands (same shape and dtype, float32 or float64), and runs the kernel of their dtype
+// over contiguous copies in parallel; returns the outputs, shaped like z (the last operand).
+template <int kIn, int kOut>
+std::array<at::Tensor, kOut> elementwise(const char* name, const std::array<at::Tensor, kIn>& operands,
+                                         KernelF32 f32, KernelF64 f64) {
+  const at::Tensor& z = operands[kIn - 1];
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, "nequip_fast ", name,
+              ": float32 or float64 expected, got ", z.scalar_type());
+  std::array<at::Tensor, kIn> in;
+  for (int k = 0; k < kIn; ++k) {
+    TORCH_CHECK(operands[k].scalar_type() == z.scalar_type() && operands[k].sizes() == z.sizes(), "nequip_fast ",
+                name, ": operand ", k, " is ", operands[k].scalar_type(), operands[k].sizes(), ", expected ",
+                z.scalar_type(), z.sizes(), " (like z)");
+    in[k] = operands[k].contiguous();
+  }
+  std::array<at::Tensor, kOut> out;
+  for (int k = 0; k < kOut; ++k) out[k] = at::empty_like(in[kIn - 1], at::MemoryFormat::Contiguous);
+  const int64_t n = z.numel();
+  if (z.scalar_type() == at::kFloat) {
+    const float* ip[kIn];
+    float* op[kOut];
+    for (int k = 0; k < kIn; ++k) ip[k] = in[k].template data_ptr<float>();
+    for (int k = 0; k < kOut; ++k) op[k] = out[k].template data_ptr<float>();
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) { f32(ip, op, begin, end); });
+  } else {
+    const double* ip[kIn];
+    double* op[kOut];
+    for (int k = 0; k < kIn; ++k) ip[k] = in[k].template data_ptr<double>();
+    for (int k = 0; k < kOut; ++k) op[k] = out[k].template data_ptr<double>();
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) { f64(ip, op, begin, end); });
+  }
+  return out;
+}
+
+at::Tensor silu_cpu(const at::Tensor& z) { return elementwise<1, 1>("silu", {z}, silu_f32, silu_f64)[0]; }
+
+at::Tensor silu_grad_cpu(const at::Tensor& g, const at::Tensor& z) {
+  return elementwise<2, 1>("silu_grad", {g, z}, silu_grad_f32, silu_grad_f64)[0];
+}
+
+std::tuple<at::Tensor, at::Tensor> silu_grad2_cpu(const at::Tensor& gg, const at::Tensor& g, const at::Tensor& z) {
+  auto out = elementwise<3, 2>("silu_grad2", {gg, g, z}, silu_grad2_f32, silu_grad2_f64);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nequip_fast, CPU, m) {
+  m.impl("silu", &silu_cpu);
+  m.impl("silu_grad", &silu_grad_cpu);
+  m.impl("silu_grad2", &silu_grad2_cpu);
+}
+
+}  // namespace nequip_fast
