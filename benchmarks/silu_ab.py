@@ -1,6 +1,7 @@
 """The radial MLP's fused SiLU (ops/activations.py) against torch's silu: per op and in the whole model.
 
-    python benchmarks/silu_ab.py                 # l_max 1 and 2, 1024 atoms, 1 thread, CPU time; ~4 min on 2 cores
+    python benchmarks/silu_ab.py                 # l_max 1 and 2, 1024 atoms, 1 thread, CPU time; ~2 min on 2 cores
+    python benchmarks/silu_ab.py --memory        # peak memory instead: a fresh process per case
 
 Per op: silu, its backward and double backward on an (edges x width) float32 tensor of the benchmark's
 size, torch (aten.silu, aten.silu_backward, autograd's double backward of silu_backward) vs the fused ops.
@@ -12,7 +13,9 @@ Times are the calling thread's CPU time (time.thread_time), medians.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -20,6 +23,7 @@ from collections import defaultdict
 import torch
 
 import nequip_fast.model.radial as radial
+from nequip_fast.benchmark.memory import _peak_of
 from nequip_fast.ops import activations
 from profile_layers import benchmark_case
 
@@ -81,15 +85,35 @@ def model_cases(model, graph) -> dict:
             for name in SILU}
 
 
+def memory(l_max: int, atoms: int) -> None:
+    """Every case's peak (VmHWM after a warm-up call) in a fresh process each."""
+    for case in ("E+F torch", "E+F fused", "train torch", "train fused"):
+        out = subprocess.run([sys.executable, __file__, "--peak-of", case, "--l-max", str(l_max), "--atoms", str(atoms)],
+                             capture_output=True, text=True, check=True).stdout
+        peak = json.loads(out.strip().splitlines()[-1])
+        print(f"l_max {l_max}, {atoms} atoms, {case}: peak {peak['peak_mib']:.0f} MiB, "
+              f"working {peak['working_mib']:.0f} MiB")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--l-max", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--atoms", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--memory", action="store_true", help="peak memory of each case instead of times")
+    parser.add_argument("--peak-of", help=argparse.SUPPRESS)  # one case, in the fresh process of --memory
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if not activations._load():
         sys.exit("the C++ ops library does not build here")
+    if args.peak_of:
+        model, graph = benchmark_case(args.l_max[0], args.atoms, 1)
+        print(json.dumps(_peak_of(model_cases(model, graph)[args.peak_of], torch.device("cpu"))))
+        return 0
+    if args.memory:
+        for l_max in args.l_max:
+            memory(l_max, args.atoms)
+        return 0
     for l_max in args.l_max:
         model, graph = benchmark_case(l_max, args.atoms, 1)
         rows = graph.edge_index.shape[1] - graph.edge_pairs  # radial rows: one per edge pair
