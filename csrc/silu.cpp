@@ -10,8 +10,8 @@
 // what torch gives (silu(-inf) and every derivative at +-inf are NaN).
 // float64 uses std::exp (the model's float64 results stay those of torch to ~1e-15). float32 runs
 // in 8-float AVX2 lanes with a polynomial exp: within ~3 ulp of the truth (tests/test_silu.py
-// bounds it; torch's own float32 silu_backward is off by up to ~9 ulp). Lanes in double were
-// accurate to half an ulp but as slow as torch here: this CPU's FMA units are 128 bits wide.
+// bounds it; torch's own float32 silu_backward is off by up to ~9 ulp). Lanes of doubles were
+// accurate to half an ulp but measured twice as slow, no faster than torch's silu.
 // Every element's result depends on its value only (the tail runs through the same vector code),
 // so results do not depend on the thread count.
 #include <ATen/ATen.h>

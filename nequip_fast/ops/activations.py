@@ -6,10 +6,11 @@ formula for silu_backward as about nine passes (a training step with a force los
 The third derivative (never needed by training) is torch ops: slower, right at every order.
 
 ``silu`` uses the ops for float32/float64 CPU tensors in eager mode once the ops library loads, and
-torch's silu otherwise: on other devices, and while a model is traced (torch.compile, make_fx,
+torch's silu otherwise: on other devices, while a model is traced (torch.compile, make_fx,
 torch.export: ``nequip-fast deploy``), where Inductor fuses torch's silu into its neighbours and the
-exported program keeps needing no library of ours for it. Fake implementations are registered all
-the same, so a trace that does reach the ops is right.
+exported program keeps needing no library of ours for it, and under torch.func transforms and
+forward-mode AD, for which the ops have no rule (called directly there, they would give a zero
+tangent). Fake implementations are registered all the same, so a trace that does reach the ops is right.
 """
 from __future__ import annotations
 
@@ -23,17 +24,22 @@ _loaded: Optional[bool] = None  # whether the ops are registered in this process
 
 def silu(x: torch.Tensor) -> torch.Tensor:
     """``x * sigmoid(x)``: the fused op on CPU in eager mode, torch's silu elsewhere (see the module doc)."""
-    if x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and not _tracing() and _load():
+    if x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and not _traced_or_transformed() and _load():
         return torch.ops.nequip_fast.silu(x)
     return torch.nn.functional.silu(x)
 
 
-def _tracing() -> bool:
+def _traced_or_transformed() -> bool:
+    """Tracing (torch's silu fuses better there), or a transform the ops have no rule for: forward-mode
+    AD (``torch.func.jvp``, which ``model.tabulated`` uses, and dual tensors) would see a zero tangent
+    through them, silently; vmap would run them element by element."""
     if torch.compiler.is_compiling():  # dynamo, torch.export
         return True
     from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-    return get_proxy_mode() is not None  # make_fx (the deploy path traces the force computation with it)
+    return (get_proxy_mode() is not None  # make_fx (the deploy path traces the force computation with it)
+            or torch._C._functorch.peek_interpreter_stack() is not None  # torch.func transforms
+            or torch.autograd.forward_ad._current_level >= 0)  # inside forward_ad.dual_level()
 
 
 def _load() -> bool:
