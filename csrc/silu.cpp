@@ -26,12 +26,6 @@
 namespace nequip_fast {
 namespace {
 
-// As in conv_cpu.cpp: one clone per ISA level, picked at load time (AVX-512, AVX2+FMA, baseline).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define NEQUIP_FAST_SILU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define NEQUIP_FAST_SILU_CLONES
-#endif
 #define NEQUIP_FAST_SILU_INLINE __attribute__((always_inline)) inline
 
 // The lane helpers are always inlined into the clones, so no vector crosses a call boundary (the
@@ -43,16 +37,28 @@ typedef float UnalignedLanes __attribute__((vector_size(32), aligned(4), may_ali
 constexpr int64_t kLanes = 8;
 constexpr int64_t kGrain = 1 << 15;  // elements per task: ~10 us of work
 
-// exp(x) for x <= 0 (and NaN) in float lanes: x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite), exp(r)
-// by Cephes' expf minimax polynomial, 2^n from the exponent bits. Below -87.3 (2^n no longer
-// normal) the result is 0: z e is then below 1e-35 for every finite z, and an exact 0 keeps
-// silu(-inf) and the derivatives at +-inf NaN, as in torch.
-NEQUIP_FAST_SILU_INLINE Lanes exp_nonpositive(Lanes x) {
+// mask ? a : b per lane (masks are 0 or -1): a blend where the ISA's vectors hold 8 floats (kBlend),
+// else bit operations: GCC splits vector arithmetic wider than the ISA (the baseline's SSE2) into
+// halves, but a wide ?: or compare into scalar code.
+template <bool kBlend>
+NEQUIP_FAST_SILU_INLINE Lanes select(LaneBits mask, Lanes a, Lanes b) {
+  if constexpr (kBlend) return mask ? a : b;
+  return (Lanes)((mask & (LaneBits)a) | (~mask & (LaneBits)b));
+}
+
+// exp(-|z|) in float lanes from |z|'s bits: -|z| = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite),
+// exp(r) by Cephes' expf minimax polynomial, 2^n from the exponent bits. Above |z| = 87.3 (2^n no
+// longer normal) the result is 0: z e is then below 1e-35 for every finite z, and an exact 0 keeps
+// silu(-inf) and the derivatives at +-inf NaN, as in torch (NaN z stays NaN through the factor z).
+// Masks come from integer bits, not float compares (see select).
+template <bool kBlend>
+NEQUIP_FAST_SILU_INLINE Lanes exp_minus(LaneBits magnitude) {
+  const LaneBits underflow = (LaneBits{} + 0x42ae999a - magnitude) >> 31;  // |z| > 87.3f (or NaN)
+  const Lanes x = select<kBlend>(underflow, Lanes{} - 87.3f, (Lanes)(magnitude | INT32_MIN));
   const Lanes shift = Lanes{} + 0x1.8p23f;  // adding it rounds x / ln2 to an integer in the low bits
-  const Lanes clamped = x < -87.3f ? Lanes{} - 87.3f : x;  // NaN compares false and stays
-  const Lanes t = clamped * 1.44269504088896341f + shift;
+  const Lanes t = x * 1.44269504088896341f + shift;
   const Lanes n = t - shift;
-  Lanes r = clamped - n * 0.693359375f;  // ln2 split: the high part times n is exact
+  Lanes r = x - n * 0.693359375f;  // ln2 split: the high part times n is exact
   r = r - n * -2.12194440e-4f;
   Lanes p = Lanes{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -62,48 +68,56 @@ NEQUIP_FAST_SILU_INLINE Lanes exp_nonpositive(Lanes x) {
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
   const LaneBits exponent = ((LaneBits)t - (LaneBits)shift + 127) << 23;
-  const Lanes e = p * (Lanes)exponent;
-  return x < -87.3f ? Lanes{} : e;
+  return (Lanes)(~underflow & (LaneBits)(p * (Lanes)exponent));
 }
 
-NEQUIP_FAST_SILU_INLINE double exp_nonpositive(double x) { return std::exp(x); }
+// s = sigmoid(z) and q = 1 - s from e = exp(-|z|): z >= 0: s = 1 / (1 + e), q = e / (1 + e); z < 0
+// swapped (-0 either way: both give 1/2).
+template <bool kBlend>
+NEQUIP_FAST_SILU_INLINE void sigmoids(Lanes z, Lanes& s, Lanes& q) {
+  const LaneBits bits = (LaneBits)z;
+  const LaneBits negative = bits >> 31;
+  const Lanes e = exp_minus<kBlend>(bits & INT32_MAX);
+  const Lanes d = 1.0f / (1.0f + e), p = e * d;
+  s = select<kBlend>(negative, p, d);
+  q = select<kBlend>(negative, d, p);
+}
 
-// s = sigmoid(z) and q = 1 - s from e = exp(-|z|).
-template <typename V>
-NEQUIP_FAST_SILU_INLINE void sigmoids(V z, V& s, V& q) {
-  const V e = exp_nonpositive(z >= 0 ? -z : z);
-  const V d = 1.0 / (1.0 + e), p = e * d;
-  s = z >= 0 ? d : p;
-  q = z >= 0 ? p : d;
+template <bool kBlend>
+NEQUIP_FAST_SILU_INLINE void sigmoids(double z, double& s, double& q) {
+  const double e = std::exp(-std::fabs(z));
+  const double d = 1.0 / (1.0 + e), p = e * d;
+  s = std::signbit(z) ? p : d;
+  q = std::signbit(z) ? d : p;
 }
 
 // The three derivative levels on lanes (V = Lanes) or scalars (V = double).
 struct Silu {
-  template <typename V>
+  template <bool kBlend, typename V>
   NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
     V s, q;
-    sigmoids(in[0], s, q);
+    sigmoids<kBlend>(in[0], s, q);
     out[0] = in[0] * s;
   }
   static constexpr int kIn = 1, kOut = 1;
 };
 
 struct SiluGrad {  // (g, z) -> g silu'(z)
-  template <typename V>
+  template <bool kBlend, typename V>
   NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
     V s, q;
-    sigmoids(in[1], s, q);
+    sigmoids<kBlend>(in[1], s, q);
     out[0] = in[0] * (s * (1.0 + in[1] * q));
   }
   static constexpr int kIn = 2, kOut = 1;
 };
 
 struct SiluGrad2 {  // (gg, g, z) -> (gg silu'(z), gg g silu''(z))
-  template <typename V>
+  template <bool kBlend, typename V>
   NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
     const V z = in[2];
     V s, q;
-    sigmoids(z, s, q);
+    sigmoids<kBlend>(z, s, q);
     out[0] = in[0] * (s * (1.0 + z * q));
     out[1] = in[0] * in[1] * (s * q * (2.0 + z * (q - s)));
   }
@@ -111,21 +125,21 @@ struct SiluGrad2 {  // (gg, g, z) -> (gg silu'(z), gg g silu''(z))
 };
 
 // kLanes elements from i.
-template <typename Op>
+template <bool kBlend, typename Op>
 NEQUIP_FAST_SILU_INLINE void step_f32(const float* const* in, float* const* out, int64_t i) {
   Lanes x[Op::kIn], y[Op::kOut];
 #pragma GCC unroll 4
   for (int k = 0; k < Op::kIn; ++k) x[k] = *reinterpret_cast<const UnalignedLanes*>(in[k] + i);
-  Op::apply(x, y);
+  Op::template apply<kBlend>(x, y);
 #pragma GCC unroll 4
   for (int k = 0; k < Op::kOut; ++k) *reinterpret_cast<UnalignedLanes*>(out[k] + i) = y[k];
 }
 
 // Elements [begin, end): whole steps, then the tail through the same code (zero padded).
-template <typename Op>
+template <bool kBlend, typename Op>
 NEQUIP_FAST_SILU_INLINE void run_f32(const float* const* in, float* const* out, int64_t begin, int64_t end) {
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) step_f32<Op>(in, out, i);
+  for (; i + kLanes <= end; i += kLanes) step_f32<kBlend, Op>(in, out, i);
   if (i == end) return;
   float in_tail[Op::kIn][kLanes] = {}, out_tail[Op::kOut][kLanes];
   const float* in_ptrs[Op::kIn];
@@ -135,7 +149,7 @@ NEQUIP_FAST_SILU_INLINE void run_f32(const float* const* in, float* const* out, 
     in_ptrs[k] = in_tail[k];
   }
   for (int k = 0; k < Op::kOut; ++k) out_ptrs[k] = out_tail[k];
-  step_f32<Op>(in_ptrs, out_ptrs, 0);
+  step_f32<kBlend, Op>(in_ptrs, out_ptrs, 0);
   for (int k = 0; k < Op::kOut; ++k) std::memcpy(out[k] + i, out_tail[k], (end - i) * sizeof(float));
 }
 
@@ -144,20 +158,34 @@ NEQUIP_FAST_SILU_INLINE void run_f64(const double* const* in, double* const* out
   for (int64_t i = begin; i < end; ++i) {
     double x[Op::kIn], y[Op::kOut];
     for (int k = 0; k < Op::kIn; ++k) x[k] = in[k][i];
-    Op::apply(x, y);
+    Op::template apply<false>(x, y);
     for (int k = 0; k < Op::kOut; ++k) out[k][i] = y[k];
   }
 }
 
-NEQUIP_FAST_SILU_CLONES void silu_f32(const float* const* in, float* const* out, int64_t b, int64_t e) {
-  run_f32<Silu>(in, out, b, e);
-}
-NEQUIP_FAST_SILU_CLONES void silu_grad_f32(const float* const* in, float* const* out, int64_t b, int64_t e) {
-  run_f32<SiluGrad>(in, out, b, e);
-}
-NEQUIP_FAST_SILU_CLONES void silu_grad2_f32(const float* const* in, float* const* out, int64_t b, int64_t e) {
-  run_f32<SiluGrad2>(in, out, b, e);
-}
+// One version per ISA level, picked at load time (ifunc): AVX-512 (compile-checked only here) and
+// AVX2+FMA blend, the baseline x86-64 (SSE2) selects by bits; the wheel stays portable without -march.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NEQUIP_FAST_SILU_KERNEL(NAME, OP)                                                                  \
+  __attribute__((target("default"))) void NAME(const float* const* in, float* const* out, int64_t b,       \
+                                               int64_t e) {                                               \
+    run_f32<false, OP>(in, out, b, e);                                                                     \
+  }                                                                                                        \
+  __attribute__((target("arch=x86-64-v3"))) void NAME(const float* const* in, float* const* out, int64_t b, \
+                                                      int64_t e) {                                        \
+    run_f32<true, OP>(in, out, b, e);                                                                      \
+  }                                                                                                        \
+  __attribute__((target("arch=x86-64-v4"))) void NAME(const float* const* in, float* const* out, int64_t b, \
+                                                      int64_t e) {                                        \
+    run_f32<true, OP>(in, out, b, e);                                                                      \
+  }
+#else
+#define NEQUIP_FAST_SILU_KERNEL(NAME, OP) \
+  void NAME(const float* const* in, float* const* out, int64_t b, int64_t e) { run_f32<false, OP>(in, out, b, e); }
+#endif
+NEQUIP_FAST_SILU_KERNEL(silu_f32, Silu)
+NEQUIP_FAST_SILU_KERNEL(silu_grad_f32, SiluGrad)
+NEQUIP_FAST_SILU_KERNEL(silu_grad2_f32, SiluGrad2)
 void silu_f64(const double* const* in, double* const* out, int64_t b, int64_t e) { run_f64<Silu>(in, out, b, e); }
 void silu_grad_f64(const double* const* in, double* const* out, int64_t b, int64_t e) {
   run_f64<SiluGrad>(in, out, b, e);
