@@ -88,8 +88,8 @@ def model_cases(model, graph) -> dict:
 def memory(l_max: int, atoms: int) -> None:
     """Every case's peak (VmHWM after a warm-up call) in a fresh process each."""
     for case in ("E+F torch", "E+F fused", "train torch", "train fused"):
-        out = subprocess.run([sys.executable, __file__, "--peak-of", case, "--l-max", str(l_max), "--atoms", str(atoms)],
-                             capture_output=True, text=True, check=True).stdout
+        command = [sys.executable, __file__, "--peak-of", case, "--l-max", str(l_max), "--atoms", str(atoms)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         peak = json.loads(out.strip().splitlines()[-1])
         print(f"l_max {l_max}, {atoms} atoms, {case}: peak {peak['peak_mib']:.0f} MiB, "
               f"working {peak['working_mib']:.0f} MiB")

@@ -28,8 +28,8 @@ namespace {
 
 #define NEQUIP_FAST_SILU_INLINE __attribute__((always_inline)) inline
 
-// The lane helpers are always inlined into the clones, so no vector crosses a call boundary (the
-// ABI note GCC gives for the baseline clone does not apply).
+// The lane helpers are always inlined into the per-ISA versions, so no vector crosses a call
+// boundary (the ABI note GCC gives for the baseline version does not apply).
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float Lanes __attribute__((vector_size(32)));      // 8 floats
 typedef int32_t LaneBits __attribute__((vector_size(32)));  // their bits, and comparison masks
