@@ -8,7 +8,8 @@
 // with s = sigmoid(z), q = 1 - s, both from e = exp(-|z|) without cancellation (z >= 0: s = 1 / (1 + e),
 // q = e / (1 + e); z < 0 swapped), so no intermediate overflows for any |z|; infinities and NaN give
 // what torch gives (silu(-inf) and every derivative at +-inf are NaN).
-// float64 uses std::exp (the model's float64 results stay those of torch to ~1e-15). float32 runs
+// float64: silu and g silu' are ATen's kernels, the pair one pass with std::exp (the model's float64
+// results stay those of torch to ~1e-15). float32 runs
 // in 8-float AVX2 lanes with a polynomial exp: within ~3 ulp of the truth (tests/test_silu.py
 // bounds it; torch's own float32 silu_backward is off by up to ~9 ulp). Lanes of doubles were
 // accurate to half an ulp but measured twice as slow, no faster than torch's silu.
@@ -186,10 +187,6 @@ NEQUIP_FAST_SILU_INLINE void run_f64(const double* const* in, double* const* out
 NEQUIP_FAST_SILU_KERNEL(silu_f32, Silu)
 NEQUIP_FAST_SILU_KERNEL(silu_grad_f32, SiluGrad)
 NEQUIP_FAST_SILU_KERNEL(silu_grad2_f32, SiluGrad2)
-void silu_f64(const double* const* in, double* const* out, int64_t b, int64_t e) { run_f64<Silu>(in, out, b, e); }
-void silu_grad_f64(const double* const* in, double* const* out, int64_t b, int64_t e) {
-  run_f64<SiluGrad>(in, out, b, e);
-}
 void silu_grad2_f64(const double* const* in, double* const* out, int64_t b, int64_t e) {
   run_f64<SiluGrad2>(in, out, b, e);
 }
@@ -226,15 +223,24 @@ std::array<at::Tensor, kOut> elementwise(const char* name, const std::array<at::
     double* op[kOut];
     for (int k = 0; k < kIn; ++k) ip[k] = in[k].template data_ptr<double>();
     for (int k = 0; k < kOut; ++k) op[k] = out[k].template data_ptr<double>();
+    TORCH_INTERNAL_ASSERT(f64 != nullptr, "nequip_fast ", name, ": no float64 kernel");
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) { f64(ip, op, begin, end); });
   }
   return out;
 }
 
-at::Tensor silu_cpu(const at::Tensor& z) { return elementwise<1, 1>("silu", {z}, silu_f32, silu_f64)[0]; }
+// float64 silu and its backward are ATen's own kernels (vectorised, torch's values): a pass with
+// the scalar std::exp measured 4x slower than them, and so made a float64 E+F 25% slower. Only the
+// double backward's pair gains from fusion in float64 (the pass replaces ~9).
+at::Tensor silu_cpu(const at::Tensor& z) {
+  if (z.scalar_type() == at::kDouble) return at::silu(z);
+  return elementwise<1, 1>("silu", {z}, silu_f32, nullptr)[0];
+}
 
 at::Tensor silu_grad_cpu(const at::Tensor& g, const at::Tensor& z) {
-  return elementwise<2, 1>("silu_grad", {g, z}, silu_grad_f32, silu_grad_f64)[0];
+  if (z.scalar_type() == at::kDouble && g.scalar_type() == at::kDouble && g.sizes() == z.sizes())
+    return at::silu_backward(g, z);
+  return elementwise<2, 1>("silu_grad", {g, z}, silu_grad_f32, nullptr)[0];
 }
 
 std::tuple<at::Tensor, at::Tensor> silu_grad2_cpu(const at::Tensor& gg, const at::Tensor& g, const at::Tensor& z) {
