@@ -4,6 +4,7 @@ Each derivative level is one elementwise pass: ``silu(z)``; its backward ``silu_
 the backward of that ``silu_grad2(gg, g, z) = (gg silu'(z), gg g silu''(z))``, where torch runs autograd's
 formula for silu_backward as about nine passes (a training step with a force loss spends ~20% there).
 The third derivative (never needed by training) is torch ops: slower, right at every order.
+In float64 the first two are ATen's own kernels inside the ops (as fast; only the pair gains there).
 
 ``silu`` uses the ops for float32/float64 CPU tensors in eager mode once the ops library loads, and
 torch's silu otherwise: on other devices, while a model is traced (torch.compile, make_fx,
