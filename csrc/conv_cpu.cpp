@@ -65,24 +65,35 @@ struct Rows {
   const int64_t* perm;
   const int64_t* col;
   // The pairs of each path by b component (the plan orders them by a): pair ids by_b[k] for
-  // k in [b_ptr[p.kptr + kk], b_ptr[p.kptr + kk + 1]) are those reducing into component kk of path p.
+  // k in [b_ptr[p.kptr + kk], b_ptr[p.kptr + kk + 1]) are those reducing into component kk of path p;
+  // a_at[k] = p.a_off + pairs[by_b[k]].a * p.mul, where the pair's a component starts in an ir_mul row.
   const int32_t* b_ptr;
   const int32_t* by_b;
+  const int32_t* a_at;
+};
+
+// The pairs of every path by b component (see Rows), with the offsets of their a components.
+struct PairOrder {
+  std::vector<int32_t> b_ptr, by_b, a_at;
 };
 
 // The pair ids of each path grouped by b component, indexed like the plan's kptr (see Rows).
 template <typename T>
-void pairs_by_b(const PlanView<T>& plan, int64_t kptr_size, std::vector<int32_t>& b_ptr, std::vector<int32_t>& by_b) {
-  b_ptr.assign(kptr_size, 0);
-  by_b.clear();
+void pairs_by_b(const PlanView<T>& plan, int64_t kptr_size, PairOrder& order) {
+  order.b_ptr.assign(kptr_size, 0);
+  order.by_b.clear();
+  order.a_at.clear();
   for (int32_t pi = 0; pi < plan.n_paths; ++pi) {
     const PlanPath& p = plan.paths[pi];
     for (int32_t kk = 0; kk < p.b_dim; ++kk) {
-      b_ptr[p.kptr + kk] = int32_t(by_b.size());
+      order.b_ptr[p.kptr + kk] = int32_t(order.by_b.size());
       for (int32_t q = p.pair_begin; q < p.pair_end; ++q)
-        if (plan.pairs[q].b == kk) by_b.push_back(q);
+        if (plan.pairs[q].b == kk) {
+          order.by_b.push_back(q);
+          order.a_at.push_back(p.a_off + plan.pairs[q].a * p.mul);
+        }
     }
-    b_ptr[p.kptr + p.b_dim] = int32_t(by_b.size());
+    order.b_ptr[p.kptr + p.b_dim] = int32_t(order.by_b.size());
   }
 }
 
@@ -284,12 +295,9 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
             const PlanPath& p = a.plan.paths[pi];
             const int32_t q_begin = a.b_ptr[p.kptr + kk], q_end = a.b_ptr[p.kptr + kk + 1];
             for (int64_t j = j0; j < j1 && q_begin < q_end; ++j) {
-              const T* xj = xs[j] + p.a_off + u0;
+              const T* xj = xs[j] + u0;
               TileT t = TileT::zero();
-              for (int32_t m = q_begin; m < q_end; ++m) {
-                const int32_t q = a.by_b[m];
-                t.fma(cs[q * n + j], TileT::load(xj + a.plan.pairs[q].a * mul));
-              }
+              for (int32_t m = q_begin; m < q_end; ++m) t.fma(cs[a.by_b[m] * n + j], TileT::load(xj + a.a_at[m]));
               acc.fma(TileT::load(ws[j] + p.w_off + u0), t);
             }
           }
@@ -334,7 +342,7 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
         TileT t = TileT::zero();
         for (int32_t m = q_begin; m < q_end; ++m) {
           const int32_t q = a.by_b[m];
-          const TileT xq = TileT::load(xa + p.a_off + a.plan.pairs[q].a * mul + u0);
+          const TileT xq = TileT::load(xa + a.a_at[m] + u0);
           t.fma(c[q * n], xq);
           VL& dq = *reinterpret_cast<VL*>(dv + q * kLanes);
           if constexpr (L == kLanes && MUL > 0)
@@ -443,18 +451,18 @@ NEQUIP_FAST_ROW_FUNCTIONS(double, 0, )
 NEQUIP_FAST_ROW_FUNCTIONS(float, 32, 32)
 NEQUIP_FAST_ROW_FUNCTIONS(double, 32, 32)
 
-// The kernels' operands; `order` holds the pairs by b component that rows points into.
+// The kernels' operands; `order` holds the pairs by b component that the rows point into.
 template <typename T>
 Rows<T> make_rows(const PlanView<T>& plan, const at::Tensor& xt, const at::Tensor& sh, const at::Tensor& w,
                   const int64_t* ptr, const int64_t* perm, const int64_t* col,
-                  std::pair<std::vector<int32_t>, std::vector<int32_t>>& order) {
+                  PairOrder& order) {
   int64_t kptr_size = 0;
   for (int32_t pi = 0; pi < plan.n_paths; ++pi)
     kptr_size = std::max<int64_t>(kptr_size, plan.paths[pi].kptr + plan.paths[pi].b_dim + 1);
-  pairs_by_b(plan, kptr_size, order.first, order.second);
-  return Rows<T>{plan,      xt.data_ptr<T>(), xt.size(1), nullptr, 0,   sh.data_ptr<T>(),   sh.size(1),
-                 w.data_ptr<T>(), w.size(1),   sh.size(0) - w.size(0), ptr, perm, col, order.first.data(),
-                 order.second.data()};
+  pairs_by_b(plan, kptr_size, order);
+  return Rows<T>{plan, xt.data_ptr<T>(), xt.size(1), nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(),
+                 w.size(1), sh.size(0) - w.size(0), ptr, perm, col, order.b_ptr.data(), order.by_b.data(),
+                 order.a_at.data()};
 }
 
 template <typename T>
@@ -506,7 +514,7 @@ at::Tensor segment_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at:
     out = at::empty({x.size(0), view.b_features}, x.options());  // every row is written
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
-    std::pair<std::vector<int32_t>, std::vector<int32_t>> order;
+    PairOrder order;
     segment_conv_kernel<scalar_t>(make_rows<scalar_t>(view, xt, shc, wc, p[d].data_ptr<int64_t>(),
                                                       pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>(), order),
                                   out);
@@ -528,7 +536,7 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at:
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor gt = to_ir_mul<scalar_t>(g.contiguous(), view.groups, view.n_groups);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
-    std::pair<std::vector<int32_t>, std::vector<int32_t>> order;
+    PairOrder order;
     Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[0].data_ptr<int64_t>(), pm[0].data_ptr<int64_t>(),
                                               ei[1].data_ptr<int64_t>(), order);
     rows.g = gt.data_ptr<scalar_t>();
