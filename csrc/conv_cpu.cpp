@@ -211,7 +211,7 @@ NEQUIP_FAST_INLINE void lane_sums(const T* v, T* sums) {  // v: L vectors of L l
 }
 
 // Per edge block scratch: the edges' sh transposed, their contracted CG coefficients, the pair dots
-// of edge_grads; [column or pair][edge] so that the term loops run over the edges with unit stride.
+// of edge_grads; [column or pair (by-b order)][edge] so that the term loops run over the edges with unit stride.
 template <typename T>
 struct BlockScratch {
   std::vector<const T*> x, w;
@@ -224,15 +224,17 @@ struct BlockScratch {
   }
 };
 
-// c[q * n + j] = sum over the terms of pair q of value * sh[es[j], col]: the CG tensor contracted
-// with the sh of each of the n edges es, vectorised over the edges.
+// c[m * n + j] = sum over the terms of pair q = by_b[m] of value * sh[es[j], col]: the CG tensor
+// contracted with the sh of each of the n edges es, vectorised over the edges, in the by-b order
+// that the kernels walk (m runs through every pair once, path by path, b component by component).
 template <typename T>
 NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const int64_t* es, int64_t n, BlockScratch<T>& s) {
   T* sht = s.sht.data();
   for (int64_t j = 0; j < n; ++j)
     for (int64_t f = 0; f < a.fs; ++f) sht[f * n + j] = a.sh[es[j] * a.fs + f];
-  for (int64_t q = 0; q < a.plan.n_pairs; ++q) {
-    T* cq = s.c.data() + q * n;
+  for (int64_t m = 0; m < a.plan.n_pairs; ++m) {
+    const int32_t q = a.by_b[m];
+    T* cq = s.c.data() + m * n;
     for (int64_t j = 0; j < n; ++j) cq[j] = 0;
     for (int64_t m = a.plan.pairs[q].term_begin; m < a.plan.pairs[q].term_end; ++m) {
       const T v = a.plan.values[m];
@@ -297,7 +299,7 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
             for (int64_t j = j0; j < j1 && q_begin < q_end; ++j) {
               const T* xj = xs[j] + u0;
               TileT t = TileT::zero();
-              for (int32_t m = q_begin; m < q_end; ++m) t.fma(cs[a.by_b[m] * n + j], TileT::load(xj + a.a_at[m]));
+              for (int32_t m = q_begin; m < q_end; ++m) t.fma(cs[m * n + j], TileT::load(xj + a.a_at[m]));
               acc.fma(TileT::load(ws[j] + p.w_off + u0), t);
             }
           }
@@ -341,16 +343,15 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
         const TileT wg = wp * gk;
         TileT t = TileT::zero();
         for (int32_t m = q_begin; m < q_end; ++m) {
-          const int32_t q = a.by_b[m];
           const TileT xq = TileT::load(xa + a.a_at[m] + u0);
-          t.fma(c[q * n], xq);
-          VL& dq = *reinterpret_cast<VL*>(dv + q * kLanes);
+          t.fma(c[m * n], xq);
+          VL& dq = *reinterpret_cast<VL*>(dv + m * kLanes);
           if constexpr (L == kLanes && MUL > 0)
             dq = (xq * wg).vector_sum();  // the tile covers all channels
           else if constexpr (L == kLanes)
             dq += (xq * wg).vector_sum();
           else
-            dv[q * kLanes] += (xq * wg).sum();
+            dv[m * kLanes] += (xq * wg).sum();
         }
         gw.fma(gk, t);
       }
@@ -358,9 +359,9 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
     });
   }
   T sums[kLanes];
-  for (int64_t q0 = 0; q0 < a.plan.n_pairs; q0 += kLanes) {
-    lane_sums<T, kLanes>(dv + q0 * kLanes, sums);
-    for (int64_t q = q0; q < std::min<int64_t>(a.plan.n_pairs, q0 + kLanes); ++q) dots[q * n] = sums[q - q0];
+  for (int64_t m0 = 0; m0 < a.plan.n_pairs; m0 += kLanes) {
+    lane_sums<T, kLanes>(dv + m0 * kLanes, sums);
+    for (int64_t m = m0; m < std::min<int64_t>(a.plan.n_pairs, m0 + kLanes); ++m) dots[m * n] = sums[m - m0];
   }
 }
 
@@ -380,14 +381,14 @@ NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, in
   for (int64_t j = 0; j < n; ++j)
     edge_grads_edge<MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
                          g_w + (weight_row(a, es[j]) - a.w));
-  // g_sh[e, col] = sum over the terms (pair q, col) of value * dots[q], vectorised over the edges.
+  // g_sh[e, col] = sum over the terms (pair by_b[m], col) of value * dots[m], vectorised over the edges.
   T* gsht = s.sht.data();
   for (int64_t f = 0; f < a.fs * n; ++f) gsht[f] = 0;
-  for (int64_t q = 0; q < np; ++q)
-    for (int64_t m = a.plan.pairs[q].term_begin; m < a.plan.pairs[q].term_end; ++m) {
-      const T v = a.plan.values[m];
-      const T* dq = dots + q * n;
-      T* gy = gsht + a.plan.terms[m].sh * n;
+  for (int64_t m = 0; m < np; ++m)
+    for (int64_t i = a.plan.pairs[a.by_b[m]].term_begin; i < a.plan.pairs[a.by_b[m]].term_end; ++i) {
+      const T v = a.plan.values[i];
+      const T* dq = dots + m * n;
+      T* gy = gsht + a.plan.terms[i].sh * n;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) gy[j] += v * dq[j];
     }
