@@ -97,7 +97,10 @@ def kernel_floors(d: ConvDescriptor, num_nodes: int, num_edges: int, w_rows: int
     grads = sum(p.mul * (4 * q + 3 * p.out_dim) + 4 * len(p.cg) for p, q in zip(d.paths, pairs))
     return {"segment_conv": (conv * num_edges, edge_bytes + nodes),
             "segment_conv transposed": (conv_t * num_edges, edge_bytes + nodes),
-            "edge_grads": (grads * num_edges, 2 * edge_bytes - index + nodes)}
+            "edge_grads": (grads * num_edges, 2 * edge_bytes - index + nodes),
+            # the double backward's sum of two transposed convs: two segment_convs, or segment_conv2's one walk
+            "2 segment_conv transposed, summed": (2 * conv_t * num_edges, 2 * edge_bytes + 2 * nodes),
+            "segment_conv2 transposed": (2 * conv_t * num_edges, 2 * edge_bytes - index + nodes)}
 
 
 def bench_kernels(graph: AtomicGraph, repeat: int, peaks) -> None:
@@ -114,14 +117,18 @@ def bench_kernels(graph: AtomicGraph, repeat: int, peaks) -> None:
         n, e = graph.pos.shape[0], graph.edge_index.shape[1]
         w_rows = e - graph.edge_pairs  # a pair of edges shares one weight row
         g = torch.Generator().manual_seed(0)
-        x, sh, w, out = (torch.randn(shape, generator=g, dtype=DTYPE) for shape in
-                         ((n, irreps.dim), (e, irreps_sh.dim), (w_rows, d.weight_numel), (n, d.irreps_out.dim)))
+        x, sh, w, out, sh2, w2 = (torch.randn(shape, generator=g, dtype=DTYPE) for shape in
+                                  ((n, irreps.dim), (e, irreps_sh.dim), (w_rows, d.weight_numel),
+                                   (n, d.irreps_out.dim), (e, irreps_sh.dim), (w_rows, d.weight_numel)))
         plan = lower(d, DTYPE)
         cg = backend.graph(graph.edge_index, n)
         args = (plan.ints, plan.values, list(plan.layout), *cg)
         calls = {"segment_conv": lambda: backend.segment_conv(x, sh, w, *args, False),
                  "segment_conv transposed": lambda: backend.segment_conv(out, sh, w, *args, True),
-                 "edge_grads": lambda: backend.edge_grads(x, out, sh, w, *args)}
+                 "edge_grads": lambda: backend.edge_grads(x, out, sh, w, *args),
+                 "2 segment_conv transposed, summed": lambda: (backend.segment_conv(out, sh, w, *args, True)
+                                                               + backend.segment_conv(out, sh2, w2, *args, True)),
+                 "segment_conv2 transposed": lambda: backend.segment_conv2(out, sh, w, sh2, w2, *args, True)}
         floors = kernel_floors(d, n, e, w_rows)
         print(f"\nl_max={l_max} parity={'on' if parity else 'off'}: {n} atoms, {e} edges "
               f"({graph.edge_pairs} pairs), 1 thread")

@@ -70,6 +70,9 @@ struct Rows {
   const int32_t* b_ptr;
   const int32_t* by_b;
   const int32_t* a_at;
+  // segment_conv2: the second (sh, w) operands, same shapes as sh and w.
+  const T* sh2 = nullptr;
+  const T* w2 = nullptr;
 };
 
 // The pairs of every path by b component (see Rows), with the offsets of their a components.
@@ -104,8 +107,12 @@ void pairs_by_b(const PlanView<T>& plan, int64_t kptr_size, PairOrder& order) {
 // Edge layout [P edges, their P reverses, U unpaired], E = 2P + U, with R = E - P weight rows: a
 // pair's two edges share one row (the radial network runs once per pair). P = 0: one row per edge.
 template <typename T>
+NEQUIP_FAST_INLINE const T* weight_row(const Rows<T>& a, int64_t e, const T* w) {
+  return w + (e < a.pairs ? e : e - a.pairs) * a.fw;
+}
+template <typename T>
 NEQUIP_FAST_INLINE const T* weight_row(const Rows<T>& a, int64_t e) {
-  return a.w + (e < a.pairs ? e : e - a.pairs) * a.fw;
+  return weight_row(a, e, a.w);
 }
 
 // A tile of channels held in registers: NV vectors of L lanes (GCC vector types; 32-byte vectors
@@ -214,11 +221,13 @@ NEQUIP_FAST_INLINE void lane_sums(const T* v, T* sums) {  // v: L vectors of L l
 // of edge_grads; [column or pair (by-b order)][edge] so that the term loops run over the edges with unit stride.
 template <typename T>
 struct BlockScratch {
-  std::vector<const T*> x, w;
-  std::vector<T> sht, c, dots, acc;
+  std::vector<const T*> x, w, w2;
+  std::vector<T> sht, c, c2, dots, acc;  // c2, w2: segment_conv2's second operands
   std::vector<T> dv;  // edge_grads: per pair, <x[a], w g[b]> by lane (vector types lose their alignment in templates)
   void fit(int64_t n, int64_t fs, int64_t np) {
-    if (int64_t(x.size()) < n) x.resize(n), w.resize(n), sht.resize(n * fs), c.resize(n * np), dots.resize(n * np);
+    if (int64_t(x.size()) < n)
+      x.resize(n), w.resize(n), w2.resize(n), sht.resize(n * fs), c.resize(n * np), c2.resize(n * np),
+          dots.resize(n * np);
     constexpr int kLanes = lanes_of(sizeof(T));
     dv.resize((np + kLanes - 1) / kLanes * kLanes * kLanes);  // padding pairs stay zero
   }
@@ -228,17 +237,18 @@ struct BlockScratch {
 // contracted with the sh of each of the n edges es, vectorised over the edges, in the by-b order
 // that the kernels walk (m runs through every pair once, path by path, b component by component).
 template <typename T>
-NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const int64_t* es, int64_t n, BlockScratch<T>& s) {
+NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const T* sh, const int64_t* es, int64_t n, BlockScratch<T>& s,
+                                    T* c) {
   T* sht = s.sht.data();
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t f = 0; f < a.fs; ++f) sht[f * n + j] = a.sh[es[j] * a.fs + f];
+    for (int64_t f = 0; f < a.fs; ++f) sht[f * n + j] = sh[es[j] * a.fs + f];
   for (int64_t m = 0; m < a.plan.n_pairs; ++m) {
     const int32_t q = a.by_b[m];
-    T* cq = s.c.data() + m * n;
+    T* cq = c + m * n;
     for (int64_t j = 0; j < n; ++j) cq[j] = 0;
-    for (int64_t m = a.plan.pairs[q].term_begin; m < a.plan.pairs[q].term_end; ++m) {
-      const T v = a.plan.values[m];
-      const T* y = sht + a.plan.terms[m].sh * n;
+    for (int64_t i = a.plan.pairs[q].term_begin; i < a.plan.pairs[q].term_end; ++i) {
+      const T v = a.plan.values[i];
+      const T* y = sht + a.plan.terms[i].sh * n;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) cq[j] += v * y[j];
     }
@@ -267,8 +277,8 @@ constexpr int64_t kEdgeBlock = 8;
 // out row r (e3nn's mul_ir layout) = sum over the row's edges of T(x[col], sh, w). Per block of
 // the row's edges, each output component's channel tile is accumulated in registers (per path:
 // t = sum over its pairs of c * x[a], acc += w * t); MUL > 0 fixes the channel count at compile
-// time, 0 reads it from the plan.
-template <int64_t MUL, typename T>
+// time, 0 reads it from the plan. TWO: plus T(x[col], sh2, w2) (segment_conv2), x read once.
+template <int64_t MUL, bool TWO, typename T>
 NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>& s, T* orow) {
   const int64_t begin = a.ptr[r], n = a.ptr[r + 1] - begin;
   s.fit(n, a.fs, a.plan.n_pairs);
@@ -277,11 +287,15 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
     const int64_t e = a.perm[begin + j];
     s.x[j] = a.x + a.col[e] * a.fa;
     s.w[j] = weight_row(a, e);
+    if constexpr (TWO) s.w2[j] = weight_row(a, e, a.w2);
   }
-  contract_sh(a, a.perm + begin, n, s);
+  contract_sh(a, a.sh, a.perm + begin, n, s, s.c.data());
+  if constexpr (TWO) contract_sh(a, a.sh2, a.perm + begin, n, s, s.c2.data());
   const T* const* xs = s.x.data();
   const T* const* ws = s.w.data();
+  const T* const* ws2 = s.w2.data();
   const T* cs = s.c.data();
+  const T* cs2 = s.c2.data();
   T* accs = s.acc.data();  // [ir_mul] between edge blocks
   for (int64_t j0 = 0; j0 < n; j0 += kEdgeBlock) {
     const int64_t j1 = std::min(n, j0 + kEdgeBlock);
@@ -299,7 +313,17 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
             for (int64_t j = j0; j < j1 && q_begin < q_end; ++j) {
               const T* xj = xs[j] + u0;
               TileT t = TileT::zero();
-              for (int32_t m = q_begin; m < q_end; ++m) t.fma(cs[m * n + j], TileT::load(xj + a.a_at[m]));
+              if constexpr (TWO) {
+                TileT t2 = TileT::zero();
+                for (int32_t m = q_begin; m < q_end; ++m) {
+                  const TileT xq = TileT::load(xj + a.a_at[m]);
+                  t.fma(cs[m * n + j], xq);
+                  t2.fma(cs2[m * n + j], xq);
+                }
+                acc.fma(TileT::load(ws2[j] + p.w_off + u0), t2);
+              } else {
+                for (int32_t m = q_begin; m < q_end; ++m) t.fma(cs[m * n + j], TileT::load(xj + a.a_at[m]));
+              }
               acc.fma(TileT::load(ws[j] + p.w_off + u0), t);
             }
           }
@@ -376,7 +400,7 @@ NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, in
     T* gwe = g_w + (weight_row(a, es[j]) - a.w);
     for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
   }
-  contract_sh(a, es, n, s);
+  contract_sh(a, a.sh, es, n, s, s.c.data());
   T* dots = s.dots.data();
   for (int64_t j = 0; j < n; ++j)
     edge_grads_edge<MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
@@ -417,6 +441,15 @@ NEQUIP_FAST_INLINE void edge_grads_pair_block(const Rows<T>& a, int64_t k0, int6
   edge_grads_block<MUL>(a, es, n, receiver, s, g_sh, g_w);
 }
 
+template <int64_t MUL, bool TWO, typename T>
+NEQUIP_FAST_INLINE void segment_rows_impl(const Rows<T>& a, int64_t begin, int64_t end, BlockScratch<T>& s, T* out) {
+  for (int64_t r = begin; r < end; ++r) {
+    T* orow = out + r * a.plan.b_features;
+    for (int64_t f = 0; f < a.plan.b_features; ++f) orow[f] = 0;  // columns no path reaches
+    if (a.ptr[r] != a.ptr[r + 1]) segment_row<MUL, TWO>(a, r, s, orow);
+  }
+}
+
 // One clone per ISA level, picked at load time (ifunc): AVX-512 (compile-checked only: the
 // development machine has none), AVX2+FMA, baseline x86-64 otherwise, so the wheel stays
 // portable without -march.
@@ -429,11 +462,11 @@ NEQUIP_FAST_INLINE void edge_grads_pair_block(const Rows<T>& a, int64_t k0, int6
 #define NEQUIP_FAST_ROW_FUNCTIONS(T, MUL, SUFFIX)                                                      \
   NEQUIP_FAST_CLONES void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,           \
                                                BlockScratch<T>& s, T* out) {                            \
-    for (int64_t r = begin; r < end; ++r) {                                                            \
-      T* orow = out + r * a.plan.b_features;                                                           \
-      for (int64_t f = 0; f < a.plan.b_features; ++f) orow[f] = 0; /* columns no path reaches */       \
-      if (a.ptr[r] != a.ptr[r + 1]) segment_row<MUL>(a, r, s, orow);                                  \
-    }                                                                                                  \
+    segment_rows_impl<MUL, false>(a, begin, end, s, out);                                              \
+  }                                                                                                    \
+  NEQUIP_FAST_CLONES void segment_rows2##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,          \
+                                                BlockScratch<T>& s, T* out) {                           \
+    segment_rows_impl<MUL, true>(a, begin, end, s, out);                                               \
   }                                                                                                    \
   NEQUIP_FAST_CLONES void edge_grads_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,        \
                                                   const int64_t* receiver, BlockScratch<T>& s, T* g_sh, \
@@ -469,9 +502,14 @@ Rows<T> make_rows(const PlanView<T>& plan, const at::Tensor& xt, const at::Tenso
 template <typename T>
 void segment_conv_kernel(const Rows<T>& rows, at::Tensor& out) {
   T* o = out.data_ptr<T>();
+  const bool mul32 = rows.plan.uniform_mul == 32, two = rows.sh2 != nullptr;
   at::parallel_for(0, out.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
     BlockScratch<T> scratch;
-    if (rows.plan.uniform_mul == 32)
+    if (two && mul32)
+      segment_rows232(rows, begin, end, scratch, o);
+    else if (two)
+      segment_rows2(rows, begin, end, scratch, o);
+    else if (mul32)
       segment_rows32(rows, begin, end, scratch, o);
     else
       segment_rows(rows, begin, end, scratch, o);
@@ -503,10 +541,18 @@ void edge_grads_kernel(const Rows<T>& rows, const int64_t* receiver, int64_t num
   });
 }
 
-at::Tensor segment_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& weight, const at::Tensor& plan,
-                            const at::Tensor& values, c10::IntArrayRef layout, const at::Tensor& edge_index,
-                            const at::Tensor& ptr, const at::Tensor& perm, bool transpose) {
+// segment_conv, and with (sh2, weight2) segment_conv2: the sum of the convs with (sh, weight) and (sh2, weight2).
+at::Tensor segment_conv_impl(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& weight,
+                             const at::Tensor* sh2, const at::Tensor* weight2, const at::Tensor& plan,
+                             const at::Tensor& values, c10::IntArrayRef layout, const at::Tensor& edge_index,
+                             const at::Tensor& ptr, const at::Tensor& perm, bool transpose) {
   check_operands(x, sh, weight, plan, values, layout, transpose, edge_index, ptr, perm);
+  if (sh2 != nullptr)
+    TORCH_CHECK(sh2->sizes() == sh.sizes() && weight2->sizes() == weight.sizes() &&
+                    sh2->scalar_type() == sh.scalar_type() && weight2->scalar_type() == weight.scalar_type() &&
+                    sh2->device() == sh.device() && weight2->device() == weight.device(),
+                "nequip_fast segment_conv2: sh2 and weight2 must match sh and weight in shape, dtype and device, got ",
+                sh2->sizes(), " and ", weight2->sizes(), " for ", sh.sizes(), " and ", weight.sizes());
   const int d = transpose ? 1 : 0;
   const at::Tensor ei = edge_index.contiguous(), p = ptr.contiguous(), pm = perm.contiguous();
   at::Tensor out;
@@ -515,12 +561,27 @@ at::Tensor segment_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at:
     out = at::empty({x.size(0), view.b_features}, x.options());  // every row is written
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
+    const at::Tensor sh2c = sh2 ? sh2->contiguous() : at::Tensor(), w2c = sh2 ? weight2->contiguous() : at::Tensor();
     PairOrder order;
-    segment_conv_kernel<scalar_t>(make_rows<scalar_t>(view, xt, shc, wc, p[d].data_ptr<int64_t>(),
-                                                      pm[d].data_ptr<int64_t>(), ei[1 - d].data_ptr<int64_t>(), order),
-                                  out);
+    Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[d].data_ptr<int64_t>(), pm[d].data_ptr<int64_t>(),
+                                              ei[1 - d].data_ptr<int64_t>(), order);
+    if (sh2 != nullptr) rows.sh2 = sh2c.data_ptr<scalar_t>(), rows.w2 = w2c.data_ptr<scalar_t>();
+    segment_conv_kernel<scalar_t>(rows, out);
   });
   return out;
+}
+
+at::Tensor segment_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& weight, const at::Tensor& plan,
+                            const at::Tensor& values, c10::IntArrayRef layout, const at::Tensor& edge_index,
+                            const at::Tensor& ptr, const at::Tensor& perm, bool transpose) {
+  return segment_conv_impl(x, sh, weight, nullptr, nullptr, plan, values, layout, edge_index, ptr, perm, transpose);
+}
+
+at::Tensor segment_conv2_cpu(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& weight,
+                             const at::Tensor& sh2, const at::Tensor& weight2, const at::Tensor& plan,
+                             const at::Tensor& values, c10::IntArrayRef layout, const at::Tensor& edge_index,
+                             const at::Tensor& ptr, const at::Tensor& perm, bool transpose) {
+  return segment_conv_impl(x, sh, weight, &sh2, &weight2, plan, values, layout, edge_index, ptr, perm, transpose);
 }
 
 std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at::Tensor& g, const at::Tensor& sh,
@@ -577,6 +638,7 @@ std::tuple<at::Tensor, at::Tensor> conv_graph_cpu(const at::Tensor& edge_index, 
 TORCH_LIBRARY_IMPL(nequip_fast, CPU, m) {
   m.impl("conv_graph", &conv_graph_cpu);
   m.impl("segment_conv", &segment_conv_cpu);
+  m.impl("segment_conv2", &segment_conv2_cpu);
   m.impl("edge_grads", &edge_grads_cpu);
 }
 

@@ -13,6 +13,10 @@ TORCH_LIBRARY(nequip_fast, m) {
   // e = perm[d][k], col = edge_index[1 - d].
   m.def("segment_conv(Tensor x, Tensor sh, Tensor weight, Tensor plan, Tensor values, int[] layout, "
         "Tensor edge_index, Tensor ptr, Tensor perm, bool transpose) -> Tensor");
+  // segment_conv(x, sh, weight) + segment_conv(x, sh2, weight2) in one walk of the CSR (x read once,
+  // out written once): the double backward's sums of two convs. CPU only; other devices take the two calls.
+  m.def("segment_conv2(Tensor x, Tensor sh, Tensor weight, Tensor sh2, Tensor weight2, Tensor plan, Tensor values, "
+        "int[] layout, Tensor edge_index, Tensor ptr, Tensor perm, bool transpose) -> Tensor");
   // Per edge e = (receiver r, sender s): gradients of <g[r], T(x[s], sh[e], w[e])> wrt sh[e] and w[e].
   m.def("edge_grads(Tensor x, Tensor g, Tensor sh, Tensor weight, Tensor plan, Tensor values, int[] layout, "
         "Tensor edge_index, Tensor ptr, Tensor perm) -> (Tensor, Tensor)");

@@ -220,6 +220,46 @@ def test_triple_backward_matches_reference(backend):
     assert_close(third(fused), third(ref), 1e-10, "d3")
 
 
+@pytest.mark.parametrize("transpose", [False, True], ids=["forward", "transposed"])
+def test_segment_conv2_is_the_sum_of_two_convs(transpose):
+    """segment_conv2 (the double backward's sums of two convs, one walk) equals two segment_convs
+    summed, with pair-shared weight rows; mismatched second operands are refused."""
+    backend = cpu_or_skip()
+    d = descriptor("mixed-l3")
+    half = random_graph(11, 30, seed=14)
+    edge_index = torch.cat([half, half.flip(0), random_graph(11, 5, seed=15)], dim=1)
+    pairs = half.shape[1]
+    g = torch.Generator().manual_seed(16)
+    e, rows = edge_index.shape[1], edge_index.shape[1] - pairs
+    sh, sh2 = (torch.randn(e, d.irreps_sh.dim, generator=g, dtype=torch.float64) for _ in range(2))
+    w, w2 = (torch.randn(rows, d.weight_numel, generator=g, dtype=torch.float64) for _ in range(2))
+    x = torch.randn(11, d.irreps_out.dim if transpose else d.irreps_in.dim, generator=g, dtype=torch.float64)
+    args = (*lower(d, torch.float64), *backend.graph(edge_index, 11), transpose)
+    expected = backend.segment_conv(x, sh, w, *args) + backend.segment_conv(x, sh2, w2, *args)
+    assert_close(backend.segment_conv2(x, sh, w, sh2, w2, *args), expected, 1e-13, "segment_conv2")
+    with pytest.raises(RuntimeError, match="sh2 and weight2 must match sh and weight"):
+        backend.segment_conv2(x, sh, w, sh2, w2[:-1], *args)
+
+
+@pytest.mark.parametrize("which", [2, 3], ids=["only-d/dsh", "only-d/dw"])
+def test_double_backward_of_one_edge_gradient(backend, which):
+    """Second derivatives through d/dsh or d/dw alone: the double backward gets one cotangent of
+    edge_grads and makes one conv where it otherwise makes the sum of two."""
+    d = descriptor("mul32-l1" if interpreted(backend) else "mul3-l3")
+    edge_index = random_graph(9, 24, seed=17)
+    ref, fused = make_conv(d, "reference", torch.float64), make_conv(d, backend, torch.float64)
+    inputs = random_inputs(d, 9, edge_index, torch.float64, seed=18)
+
+    def second(conv):
+        ins = [t.detach().requires_grad_() for t in inputs]
+        out = conv(*ins, edge_index)
+        first = torch.autograd.grad(out.pow(2).sum() / 2, ins, create_graph=True)
+        return torch.autograd.grad(first[which - 1].pow(2).sum(), ins)
+
+    for name, a, e in zip(NAMES[4:], second(fused), second(ref)):
+        assert_close(a, e, 1e-10, f"{NAMES[which]} then {name}")
+
+
 def test_native_graph_equals_torch_graph():
     backend = cpu_or_skip()
     edge_index = random_graph(30, 200, seed=13)

@@ -1,6 +1,7 @@
 """The ``cpu`` and ``cuda`` backends: the C++ ops ``nequip_fast::segment_conv``/``edge_grads`` of the
 ops library that ``native`` compiles from csrc/ (the device picks the kernel: csrc/conv_cpu.cpp,
-or csrc/cuda/ where the library was built with CUDA), plus its counting-sort ``conv_graph``."""
+or csrc/cuda/ where the library was built with CUDA), plus its counting-sort ``conv_graph`` and
+``segment_conv2`` (CPU kernels only; the double backward uses it for CPU tensors)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -20,7 +21,8 @@ def load() -> tuple[Optional[Backend], str]:
     torch.library.register_fake("nequip_fast::conv_graph")(
         lambda edge_index, num_nodes: (edge_index.new_empty(2, num_nodes + 1), edge_index.new_empty(edge_index.shape))
     )
-    backend = register_fake_and_autograd("nequip_fast::segment_conv", "nequip_fast::edge_grads")
+    backend = register_fake_and_autograd("nequip_fast::segment_conv", "nequip_fast::edge_grads",
+                                         "nequip_fast::segment_conv2")
     return replace(backend, graph=_graph), ""
 
 

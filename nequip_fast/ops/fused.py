@@ -3,7 +3,10 @@
 ``segment_conv`` walks a CSR (rows = receivers, or senders when transposed) and reduces
 ``T(x[col], sh[e], w[e])`` into each row; ``edge_grads`` gives the per-edge gradients wrt ``sh``
 and ``w``. Every derivative of either is again a sum of calls to the two, so one pair of kernels
-per backend covers forward, backward, double backward and beyond. The ops take only tensors and ints:
+per backend covers forward, backward, double backward and beyond. A backend may add
+``segment_conv2``, two convs of one ``x`` summed in one walk (x gathered once), which the double
+backward uses for its sums of two convs (the C++ CPU kernels have it; elsewhere two calls).
+The ops take only tensors and ints:
 
 - ``plan, values, layout``: a ``ConvPlan`` (``plan.lower``), both orientations of the descriptor;
   ``transpose`` selects the pre-lowered adjoint, which is all the derivative closure needs,
@@ -59,6 +62,9 @@ class Backend:
     segment_conv: Callable  # (x, sh, w, plan, values, layout, edge_index, ptr, perm, transpose) -> out
     edge_grads: Callable  # (x, g, sh, w, plan, values, layout, edge_index, ptr, perm) -> (g_sh, g_w)
     graph: Callable = conv_graph  # (edge_index, num_nodes) -> ConvGraph
+    # (x, sh, w, sh2, w2, plan, values, layout, edge_index, ptr, perm, transpose) -> segment_conv(x, sh, w)
+    # + segment_conv(x, sh2, w2), on CPU tensors; None: the double backward makes two calls
+    segment_conv2: Optional[Callable] = None
 
 
 def fused_conv(backend: Backend, x, sh, weight, plan: ConvPlan, graph: ConvGraph) -> torch.Tensor:
@@ -66,8 +72,9 @@ def fused_conv(backend: Backend, x, sh, weight, plan: ConvPlan, graph: ConvGraph
     return backend.segment_conv(x, sh, weight, plan.ints, plan.values, list(plan.layout), *graph, False)
 
 
-def register_fake_and_autograd(segment_name: str, edge_name: str) -> Backend:
-    """Fake functions and the derivative closure for one backend's pair of ops."""
+def register_fake_and_autograd(segment_name: str, edge_name: str, segment2_name: Optional[str] = None) -> Backend:
+    """Fake functions and the derivative closure for one backend's pair of ops (and its
+    ``segment_conv2``, if it has one: used for CPU tensors)."""
     torch.library.register_fake(segment_name)(
         lambda x, sh, w, plan, values, layout, edge_index, ptr, perm, transpose:
         x.new_empty(ptr.shape[1] - 1, layout[PREAMBLE + len(HEADER) * transpose + _B_FEATURES])
@@ -95,32 +102,72 @@ def register_fake_and_autograd(segment_name: str, edge_name: str) -> Backend:
             g_sh, g_w = edge(inputs, outputs, sh, w, plan, values, ctx.layout, edge_index, ptr, perm)
         return gx, g_sh, g_w, None, None, None, None, None, None, None
 
+    segment2 = None
+    if segment2_name is not None:
+        torch.library.register_fake(segment2_name)(
+            lambda x, sh, w, sh2, w2, plan, values, layout, edge_index, ptr, perm, transpose:
+            x.new_empty(ptr.shape[1] - 1, layout[PREAMBLE + len(HEADER) * transpose + _B_FEATURES])
+        )
+        segment2 = getattr(getattr(torch.ops, namespace), segment2_name.split("::")[1]).default
+
+        def segment2_setup(ctx, inputs, output):
+            x, sh, w, sh2, w2, plan, values, layout, edge_index, ptr, perm, transpose = inputs
+            ctx.save_for_backward(x, sh, w, sh2, w2, plan, values, edge_index, ptr, perm)
+            ctx.layout, ctx.transpose = layout, transpose
+
+        def segment2_backward(ctx, grad):
+            # The sum of two segment_convs of x: the sum of their backwards (segment_backward).
+            x, sh, w, sh2, w2, plan, values, edge_index, ptr, perm = ctx.saved_tensors
+            graph, needs = (edge_index, ptr, perm), ctx.needs_input_grad
+            gx = g_sh = g_w = g_sh2 = g_w2 = None
+            if needs[0]:
+                gx = segment2(grad, sh, w, sh2, w2, plan, values, ctx.layout, *graph, not ctx.transpose)
+            inputs, outputs = (grad, x) if ctx.transpose else (x, grad)
+            if needs[1] or needs[2]:
+                g_sh, g_w = edge(inputs, outputs, sh, w, plan, values, ctx.layout, *graph)
+            if needs[3] or needs[4]:
+                g_sh2, g_w2 = edge(inputs, outputs, sh2, w2, plan, values, ctx.layout, *graph)
+            return gx, g_sh, g_w, g_sh2, g_w2, None, None, None, None, None, None, None
+
+        torch.library.register_autograd(segment2_name, segment2_backward, setup_context=segment2_setup)
+
     def edge_setup(ctx, inputs, output):
         x, g, sh, w, plan, values, layout, edge_index, ptr, perm = inputs
         ctx.save_for_backward(x, g, sh, w, plan, values, edge_index, ptr, perm)
         ctx.layout = layout
+        ctx.set_materialize_grads(False)  # an unused output's cotangent stays None: its conv is left out
 
     def edge_backward(ctx, gg_sh, gg_w):
         # edge_grads is <g, T(x, sh, w)> differentiated once; its cotangent (gg_sh, gg_w) enters
         # in place of sh or w: d/dx = conv^T(g, gg_sh, w) + conv^T(g, sh, gg_w), likewise d/dg.
         x, g, sh, w, plan, values, edge_index, ptr, perm = ctx.saved_tensors
-        gg_sh = torch.zeros_like(sh) if gg_sh is None else gg_sh
-        gg_w = torch.zeros_like(w) if gg_w is None else gg_w
         layout, needs = ctx.layout, ctx.needs_input_grad
+        args = (plan, values, layout, edge_index, ptr, perm)
+
+        def convs(a, transpose):  # conv(a, gg_sh, w) + conv(a, sh, gg_w), a term left out where its cotangent is None
+            if gg_w is None:
+                return segment(a, gg_sh, w, *args, transpose)
+            if gg_sh is None:
+                return segment(a, sh, gg_w, *args, transpose)
+            if segment2 is not None and a.device.type == "cpu":
+                return segment2(a, gg_sh, w, sh, gg_w, *args, transpose)
+            return segment(a, gg_sh, w, *args, transpose) + segment(a, sh, gg_w, *args, transpose)
+
         dx = dg = d_sh = d_w = None
+        if gg_sh is None and gg_w is None:
+            return dx, dg, d_sh, d_w, None, None, None, None, None, None
         if needs[0]:
-            dx = (segment(g, gg_sh, w, plan, values, layout, edge_index, ptr, perm, True)
-                  + segment(g, sh, gg_w, plan, values, layout, edge_index, ptr, perm, True))
+            dx = convs(g, True)
         if needs[1]:
-            dg = (segment(x, gg_sh, w, plan, values, layout, edge_index, ptr, perm, False)
-                  + segment(x, sh, gg_w, plan, values, layout, edge_index, ptr, perm, False))
+            dg = convs(x, False)
         if needs[2] or needs[3]:
-            d_sh, d_w = edge(x, g, gg_sh, gg_w, plan, values, layout, edge_index, ptr, perm)
+            d_sh, d_w = edge(x, g, torch.zeros_like(sh) if gg_sh is None else gg_sh,
+                             torch.zeros_like(w) if gg_w is None else gg_w, *args)
         return dx, dg, d_sh, d_w, None, None, None, None, None, None
 
     torch.library.register_autograd(segment_name, segment_backward, setup_context=segment_setup)
     torch.library.register_autograd(edge_name, edge_backward, setup_context=edge_setup)
-    return Backend("", segment, edge)
+    return Backend("", segment, edge, segment_conv2=segment2)
 
 
 _MODULES = {"cpu": "cpp_ops", "cuda": "cpp_ops", "triton": "triton_ops"}
