@@ -272,6 +272,8 @@ NEQUIP_FAST_INLINE void for_tiles(int64_t mul, F&& f) {
 }
 
 // Edges per block of a row: their x and w rows stay in L1 while every output tile passes over them.
+// Half as many where the gathered rows are wider than the output (the transposed conv: 3264 features
+// against 576 at l_max 2; measured 8-10 % faster with 4, while the forward is ~10 % slower with 4).
 constexpr int64_t kEdgeBlock = 8;
 
 // out row r (e3nn's mul_ir layout) = sum over the row's edges of T(x[col], sh, w). Per block of
@@ -297,8 +299,9 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
   const T* cs = s.c.data();
   const T* cs2 = s.c2.data();
   T* accs = s.acc.data();  // [ir_mul] between edge blocks
-  for (int64_t j0 = 0; j0 < n; j0 += kEdgeBlock) {
-    const int64_t j1 = std::min(n, j0 + kEdgeBlock);
+  const int64_t block = a.plan.a_features > a.plan.b_features ? kEdgeBlock / 2 : kEdgeBlock;
+  for (int64_t j0 = 0; j0 < n; j0 += block) {
+    const int64_t j1 = std::min(n, j0 + block);
     for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {
       const PlanGroup& b = a.plan.groups[gi];
       const int64_t mul = MUL > 0 ? MUL : b.mul;
