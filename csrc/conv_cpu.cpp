@@ -356,6 +356,9 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
   const T* gr = a.g + r * a.fb;
   const T* xa = a.x + a.col[e] * a.fa;
   const T* we = weight_row(a, e);
+  // In locals: the dots' vector stores may alias anything, so members of `a` would be reloaded per pair.
+  const int32_t* const a_at = a.a_at;
+  const int32_t* const b_ptr = a.b_ptr;
   for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
     const PlanPath& p = a.plan.paths[pi];
     const int64_t mul = MUL > 0 ? MUL : p.mul;
@@ -363,14 +366,15 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
       using TileT = Tile<T, L, NV>;
       const TileT wp = TileT::load(we + p.w_off + u0);
       TileT gw = TileT::load(gwe + p.w_off + u0);
+      const T* xu = xa + u0;
       for (int64_t kk = 0; kk < p.b_dim; ++kk) {
-        const int32_t q_begin = a.b_ptr[p.kptr + kk], q_end = a.b_ptr[p.kptr + kk + 1];
+        const int32_t q_begin = b_ptr[p.kptr + kk], q_end = b_ptr[p.kptr + kk + 1];
         if (q_begin == q_end) continue;
         const TileT gk = TileT::load(gr + p.b_off + kk * mul + u0);
         const TileT wg = wp * gk;
         TileT t = TileT::zero();
         for (int32_t m = q_begin; m < q_end; ++m) {
-          const TileT xq = TileT::load(xa + a.a_at[m] + u0);
+          const TileT xq = TileT::load(xu + a_at[m]);
           t.fma(c[m * n], xq);
           VL& dq = *reinterpret_cast<VL*>(dv + m * kLanes);
           if constexpr (L == kLanes && MUL > 0)
