@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_conv.py [--repeat 2] [--threads 2] [--device cuda]
     .venv/bin/python benchmarks/bench_conv.py --kernels [--repeat 7]      # per kernel, 1 thread, CPU time
+    .venv/bin/python benchmarks/bench_conv.py --model-cpu-time 2          # E+F and training step, 1 thread, CPU time
 
 fcc Cu, 1024 atoms, r_max 5.0 (~42 neighbours), 32 channels, float32; all backends in one process
 run, so compare the ratios. Peak memory is the rise over the run of one call of the resident set
@@ -147,6 +148,35 @@ def bench_kernels(graph: AtomicGraph, repeat: int, peaks) -> None:
                   f"{nbytes / s / 1e9:.1f} | {100 * nbytes / s / peaks[1]:.1f} |")
 
 
+def bench_model_cpu_time(l_max: int, repeat: int) -> None:
+    """CPU time (``time.thread_time``, 1 thread, best of ``repeat`` after a warm-up) of an E+F call and
+    of a force-loss training step of the default model on the "cpu" backend: for A/B runs of two
+    builds in alternating processes, where wall-clock spread on a shared machine hides a few percent."""
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((8, 8, 4))
+    atoms.rattle(0.05, seed=1)  # forces not zero by symmetry
+    graph = AtomicGraph.from_atoms(atoms, ["Cu"], 5.0, dtype=DTYPE)
+    n, e = len(atoms), graph.edge_index.shape[1]
+    torch.manual_seed(0)
+    model = build_model(dict(species=["Cu"], r_max=5.0, l_max=l_max, parity=True, num_features=32,
+                             avg_num_neighbors=e / n, dtype="float32"), "cpu")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        out = model(graph, forces=True, create_graph=True)
+        ((out.energy / n).square().mean() + out.forces.square().mean()).backward()
+        optimizer.step()
+
+    for name, call in (("E+F", lambda: model(graph, forces=True)), ("train step", train_step)):
+        call()
+        times = []
+        for _ in range(repeat):
+            t = time.thread_time()
+            call()
+            times.append(time.thread_time() - t)
+        print(f"l_max {l_max} {name}: {min(times) * 1e3:.0f} ms CPU (median {sorted(times)[repeat // 2] * 1e3:.0f})")
+
+
 def cu_graph() -> AtomicGraph:
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((8, 8, 4))
     return AtomicGraph.from_atoms(atoms, ["Cu"], 5.0, dtype=DTYPE)
@@ -198,8 +228,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--kernels", action="store_true", help="CPU time per kernel entry point, 1 thread")
+    parser.add_argument("--model-cpu-time", type=int, metavar="L_MAX",
+                        help="CPU time of the model's E+F call and training step at this l_max, 1 thread")
     args = parser.parse_args()
-    if args.kernels:
+    if args.kernels or args.model_cpu_time is not None:
         from nequip_fast.allocator import keep_freed_memory
 
         keep_freed_memory()  # as the product's entry points: outputs reuse freed memory, no page faults per call
@@ -207,7 +239,10 @@ def main():
         peaks = machine_peaks(torch.device("cpu"))
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1 thread; load {os.getloadavg()}; "
               f"matmul {peaks[0] / 1e9:.1f} GFLOP/s, copy {peaks[1] / 1e9:.1f} GB/s")
-        bench_kernels(cu_graph(), args.repeat, peaks)
+        if args.kernels:
+            bench_kernels(cu_graph(), args.repeat, peaks)
+        else:
+            bench_model_cpu_time(args.model_cpu_time, args.repeat)
         return
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # fixed threshold: freed large blocks leave the RSS
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"})
