@@ -104,6 +104,17 @@ def kernel_floors(d: ConvDescriptor, num_nodes: int, num_edges: int, w_rows: int
             "segment_conv2 transposed": (2 * conv_t * num_edges, 2 * edge_bytes - index + nodes)}
 
 
+def cpu_times(fn, repeat: int) -> list[float]:
+    """CPU seconds of this thread (``time.thread_time``) of ``repeat`` calls after a warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t)
+    return times
+
+
 def bench_kernels(graph: AtomicGraph, repeat: int, peaks) -> None:
     """CPU time per call of each kernel entry point (1 thread, ``time.thread_time``, best of
     ``repeat`` after a warm-up) and its share of the machine's floors."""
@@ -136,13 +147,7 @@ def bench_kernels(graph: AtomicGraph, repeat: int, peaks) -> None:
         print("| kernel | CPU ms | GFLOP/s | % matmul rate | GB/s | % copy bandwidth |")
         print("|---|---|---|---|---|---|")
         for name, call in calls.items():
-            call()
-            times = []
-            for _ in range(repeat):
-                t = time.thread_time()
-                call()
-                times.append(time.thread_time() - t)
-            s = min(times)
+            s = min(cpu_times(call, repeat))
             flops, nbytes = floors[name]
             print(f"| {name} | {s * 1e3:.1f} | {flops / s / 1e9:.1f} | {100 * flops / s / peaks[0]:.1f} | "
                   f"{nbytes / s / 1e9:.1f} | {100 * nbytes / s / peaks[1]:.1f} |")
@@ -168,12 +173,7 @@ def bench_model_cpu_time(l_max: int, repeat: int) -> None:
         optimizer.step()
 
     for name, call in (("E+F", lambda: model(graph, forces=True)), ("train step", train_step)):
-        call()
-        times = []
-        for _ in range(repeat):
-            t = time.thread_time()
-            call()
-            times.append(time.thread_time() - t)
+        times = cpu_times(call, repeat)
         print(f"l_max {l_max} {name}: {min(times) * 1e3:.0f} ms CPU (median {sorted(times)[repeat // 2] * 1e3:.0f})")
 
 
