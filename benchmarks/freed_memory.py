@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/freed_memory.py build/headline/l1.pt2 build/headline/l2.pt2 build/headline/l2.pt
 
 Model files as `bash benchmarks/headline.sh` leaves them: a deployed .pt2 is timed for energy+forces,
-a saved model for energy+forces and a training step (force loss). fcc Cu, 1 thread.
+a saved model for energy+forces and a training step (force loss). fcc Cu, --threads threads.
 """
 import argparse
 import json
@@ -15,7 +15,7 @@ import sys
 import time
 
 
-def measure(model_file: str, atoms: int, calls: int) -> dict:
+def measure(model_file: str, atoms: int, calls: int, threads: int) -> dict:
     import torch
 
     from nequip_fast.allocator import keep_freed_memory
@@ -24,7 +24,7 @@ def measure(model_file: str, atoms: int, calls: int) -> dict:
     from nequip_fast.benchmark.system import SystemSpec
 
     kept = keep_freed_memory()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     setup = Setup(model={}, system=SystemSpec(atoms=atoms), model_file=model_file)
     cfg, state, graph = setup.prepare()
     name = DEPLOYED if setup.deployed else "cpu"
@@ -53,19 +53,20 @@ def main() -> None:
     parser.add_argument("--atoms", type=int, default=1024)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.models[0], args.atoms, args.calls)))
+        print(json.dumps(measure(args.models[0], args.atoms, args.calls, args.threads)))
         return
     print("| model | call | malloc | page faults / call | sys ms | user ms | wall ms | peak RSS MiB |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for model in args.models:
         for _ in range(args.rounds):
             for setting in ("0", "1"):
-                env = dict(os.environ, NEQUIP_FAST_KEEP_FREED_MEMORY=setting, OMP_NUM_THREADS="1")
+                env = dict(os.environ, NEQUIP_FAST_KEEP_FREED_MEMORY=setting, OMP_NUM_THREADS=str(args.threads))
                 out = subprocess.run([sys.executable, __file__, model, "--child", "--atoms", str(args.atoms),
-                                      "--calls", str(args.calls)], env=env, capture_output=True, text=True, check=True)
+                                      "--calls", str(args.calls), "--threads", str(args.threads)], env=env, capture_output=True, text=True, check=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
                 for kind in ("energy_forces", "train_step"):
                     if kind in result:
