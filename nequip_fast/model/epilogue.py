@@ -6,11 +6,13 @@ e3nn computes the epilogue with three modules: ``o3.Linear`` (an einsum per path
 self-connection) and ``Gate`` (split, activations, an elementwise tensor product, cat), each a pass
 over the node features with its own autograd nodes. Both maps are linear in their inputs, so for
 one irrep the convolution output and the features times the one-hot are row blocks of one matrix
-product, accumulated into one output per irrep (``addmm``); the gate then reads pieces of it. The
+product, accumulated into one output per irrep (``ops.matmul``: oneDNN on CPU); the gate then reads
+pieces of it. The
 weights stay the e3nn modules' (same state-dict keys, same upstream weight transfer); they are
 assembled into the per-irrep matrices on every call (a few small ops on parameters of a few kB),
 so training sees the same parameters and export folds them. Pure torch: autograd gives the
-backward and the double backward, and torch.export understands it.
+backward and the double backward (``ops.matmul`` is its own backward), and torch.export
+understands it (traced, ``ops.matmul`` is torch's ``@``).
 """
 import math
 from typing import Callable, NamedTuple, Optional
@@ -18,6 +20,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from e3nn import o3
 from e3nn.nn import Gate
+
+from ..ops.matmul import matmul
 
 
 class _Block(NamedTuple):
@@ -126,7 +130,7 @@ def _products(groups: tuple[_Group, ...], hs: tuple[torch.Tensor, ...], xs: tupl
         y = None
         for part, w in zip(parts, _row_weights(group, weights)):
             a = part.transpose(1, 2).reshape(n * d, part.shape[1])
-            y = torch.mm(a, w) if y is None else torch.addmm(y, a, w)
+            y = matmul(a, w) if y is None else y + matmul(a, w)
         y = hs[0].new_zeros(n * d, group.cols) if y is None else y
         y = y.view(n, d, group.cols)
         # no split into one piece: export re-traces the backward's cat of it with other strides

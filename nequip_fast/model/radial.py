@@ -10,6 +10,7 @@ import torch
 from e3nn.math import normalize2mom
 
 from ..ops.activations import silu
+from ..ops.matmul import matmul
 
 
 class EdgeCutoffs(torch.nn.Module):
@@ -108,7 +109,7 @@ class RadialMLP(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.weights) - 1
         for k, weight in enumerate(self.weights):
-            x = x @ (weight * self.scales[k])
+            x = matmul(x, weight * self.scales[k])
             if k < last:
                 x = silu(x)
         return x

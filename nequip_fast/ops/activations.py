@@ -19,28 +19,17 @@ from typing import Optional
 
 import torch
 
+from .eager import traced_or_transformed
+
 _FUSED_DTYPES = (torch.float32, torch.float64)
 _loaded: Optional[bool] = None  # whether the ops are registered in this process (None: not tried yet)
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
     """``x * sigmoid(x)``: the fused op on CPU in eager mode, torch's silu elsewhere (see the module doc)."""
-    if x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and not _traced_or_transformed() and _load():
+    if x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and not traced_or_transformed() and _load():
         return torch.ops.nequip_fast.silu(x)
     return torch.nn.functional.silu(x)
-
-
-def _traced_or_transformed() -> bool:
-    """Tracing (torch's silu fuses better there), or a transform the ops have no rule for: forward-mode
-    AD (``torch.func.jvp``, which ``model.tabulated`` uses, and dual tensors) would see a zero tangent
-    through them, silently; vmap would run them element by element."""
-    if torch.compiler.is_compiling():  # dynamo, torch.export
-        return True
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-
-    return (get_proxy_mode() is not None  # make_fx (the deploy path traces the force computation with it)
-            or torch._C._functorch.peek_interpreter_stack() is not None  # torch.func transforms
-            or torch.autograd.forward_ad._current_level >= 0)  # inside forward_ad.dual_level()
 
 
 def _load() -> bool:

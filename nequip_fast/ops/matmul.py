@@ -1,0 +1,97 @@
+"""``matmul(x, a)``: the model's dense products (radial MLP, layer linears) through oneDNN on CPU.
+
+torch's CPU ``mm`` calls MKL's sgemm, which on AMD CPUs runs at about half of what the cores can do:
+on a Zen 5 EPYC (2 threads), 205-210 GFLOP/s for the radial MLP's (edges x 64) @ (64 x 64 | 160)
+against 350-480 GFLOP/s through oneDNN, which torch ships too (benchmarks/RESULTS.md). The same
+products, the same float32 rounding class (sums in another order), every derivative level: the
+backward is made of the same ``matmul``, so double backward (training on forces) takes the fast path
+as well.
+
+oneDNN is used for float32 CPU tensors in eager mode where torch was built with it; torch's ``@``
+otherwise: float64 (oneDNN has none), other devices, and while a model is traced or transformed
+(``eager.traced_or_transformed``; the deployed program is Inductor's). ``enable_onednn(False)`` turns
+it off in this process (A/B measurements, tests).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .eager import traced_or_transformed
+
+_enabled: Optional[bool] = None  # None: not decided yet (the first float32 CPU call probes oneDNN)
+
+
+def matmul(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``x @ a`` for 2-d ``x`` (m, k) and ``a`` (k, n). oneDNN only for a row-major ``x``: given the
+    transposed operand of a weight gradient (``x.t() @ grad``, a long reduction) it reorders it first
+    and ran up to 30x slower than MKL, which reads the transpose in place."""
+    if (x.dtype == torch.float32 and a.dtype == torch.float32 and x.device.type == "cpu" and a.device.type == "cpu"
+            and x.dim() == 2 and a.dim() == 2 and x.numel() > 0 and a.numel() > 0 and x.is_contiguous()
+            and not traced_or_transformed() and _available()):
+        return _OneDNNMatmul.apply(x, a)
+    return x @ a
+
+
+def enable_onednn(enabled: bool) -> None:
+    """Use oneDNN for float32 CPU products in this process (where it works) or never."""
+    global _enabled
+    _enabled = enabled and _probe()
+
+
+def _available() -> bool:
+    global _enabled
+    if _enabled is None:
+        _enabled = _probe()
+    return _enabled
+
+
+def _linear(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    # oneDNN's inner product: x (m, k) times weight (n, k) transposed; strided views are taken as they are
+    return torch.ops.mkldnn._linear_pointwise(x, a.t(), None, "none", [], "")
+
+
+def _probe() -> bool:
+    """oneDNN's linear is a private op of torch's: use it only if it exists here and computes ``@``."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    a = torch.arange(8, dtype=torch.float32).reshape(4, 2) - 3
+    try:
+        return bool(torch.equal(_linear(x, a), x @ a) and torch.equal(_linear(x.t(), x), x.t() @ x))
+    except RuntimeError:
+        return False
+
+
+class _OneDNNMatmul(torch.autograd.Function):
+    """``x @ a`` whose backward is ``matmul`` again (so differentiable to any order)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return _linear(x, a)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, a = ctx.saved_tensors
+        grad_x = matmul(grad, a.t()) if _wanted(ctx, 0) else None
+        grad_a = matmul(x.t(), grad) if _wanted(ctx, 1) else None
+        return grad_x, grad_a
+
+
+def _wanted(ctx, i: int) -> bool:
+    """Whether this backward pass uses input i's gradient. ``needs_input_grad`` only says the input
+    requires grad: forces (``autograd.grad(E, pos)``) never use the weights' gradient, which torch's
+    own ``mm`` backward skips by asking the engine, as this does (the radial MLP's weights are
+    products, not leaves, so the engine can answer for them)."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    node = ctx.next_functions[i][0]
+    try:
+        return node is not None and torch._C._will_engine_execute_node(node)
+    except RuntimeError:  # a leaf under autograd.grad: the engine cannot say, so compute it
+        return True

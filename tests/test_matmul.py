@@ -1,0 +1,81 @@
+"""ops.matmul: oneDNN's product equals torch's ``@`` at every derivative level, and only where it may run."""
+import pytest
+import torch
+
+from nequip_fast.ops import matmul as mm
+
+
+@pytest.fixture
+def onednn():
+    mm.enable_onednn(True)
+    if not mm._available():
+        pytest.skip("torch here has no usable oneDNN linear (torch.backends.mkldnn); matmul is torch's @")
+    yield
+    mm.enable_onednn(True)
+
+
+def _operands(m=37, k=24, n=19, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, dtype=torch.float64, generator=g), torch.randn(k, n, dtype=torch.float64, generator=g)
+
+
+@pytest.mark.parametrize("shape", [(37, 24, 19), (1, 8, 64), (300, 64, 8), (0, 8, 16)])
+def test_forward_equals_torch(onednn, shape):
+    x, a = _operands(*shape)
+    y = mm.matmul(x.float(), a.float())
+    assert y.shape == (shape[0], shape[2]) and y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), x @ a, rtol=1e-5, atol=1e-5)
+
+
+def test_the_onednn_path_is_taken_only_where_it_may(onednn):
+    x, a = _operands()
+    xf, af = x.float().requires_grad_(), a.float().requires_grad_()
+    assert type(mm.matmul(xf, af).grad_fn).__name__ == "_OneDNNMatmulBackward"
+    for other in (mm.matmul(x.requires_grad_(), a),  # float64: oneDNN has none
+                  mm.matmul(xf.t().contiguous().t(), af)):  # a transposed x: MKL reads it in place
+        assert type(other.grad_fn).__name__ == "MmBackward0"
+    mm.enable_onednn(False)
+    assert type(mm.matmul(xf, af).grad_fn).__name__ == "MmBackward0"
+
+
+def test_first_and_second_derivatives_equal_float64(onednn):
+    """A force-like loss: the gradient of a function of y = x @ a, differentiated again (training)."""
+    x, a = _operands()
+
+    def loss(x, a, product):
+        scale = a * 1.5  # a product, not a leaf: the engine can tell whether its gradient is used
+        y = torch.tanh(product(x, scale))
+        (gx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+        return gx.pow(2).sum() + y.sum()
+
+    xf, af = x.float().requires_grad_(), a.float().requires_grad_()
+    x.requires_grad_(), a.requires_grad_()
+    loss(xf, af, mm.matmul).backward()
+    loss(x, a, torch.mm).backward()
+    for ours, exact in ((xf.grad, x.grad), (af.grad, a.grad)):
+        torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+
+
+def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
+    """autograd.grad(E, x) asks for x only: the backward must not spend a product on the weight's."""
+    calls = []
+    real = mm.matmul
+    monkeypatch.setattr(mm, "matmul", lambda x, a: calls.append((tuple(x.shape), tuple(a.shape))) or real(x, a))
+    x, a = _operands()
+    xf, af = x.float().requires_grad_(), a.float().requires_grad_()
+    y = real(xf, af * 2.0)
+    torch.autograd.grad(y.sum(), xf)
+    assert calls == [((37, 19), (19, 24))]
+    calls.clear()
+    real(xf, af * 2.0).sum().backward()
+    assert sorted(calls) == sorted([((37, 19), (19, 24)), ((24, 37), (37, 19))])
+
+
+def test_forward_mode_and_transforms_use_torch(onednn):
+    """Under torch.func (the radial tables' jvp) the op has no rule: torch's @ gives the right tangent."""
+    x, a = _operands()
+    xf, af = x.float(), a.float()
+    tx = torch.ones_like(xf)
+    y, ty = torch.func.jvp(lambda x: mm.matmul(x, af), (xf,), (tx,))
+    torch.testing.assert_close(ty, tx @ af)
+    torch.testing.assert_close(y, xf @ af)
