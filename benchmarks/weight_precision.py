@@ -1,7 +1,15 @@
-"""Error of storing the per-edge weights w in bf16 / fp16 (rounded after the radial MLP; forces through
-the unrounded MLP, as a kernel reading rounded w and the MLP's dw/dr would give), vs float32 and float64."""
-import sys, torch
-sys.path.insert(0, "benchmarks")
+"""The error that storing the per-edge weights w in fp16 or bf16 would cost (issue 14, item 3): w rounded
+after the radial MLP, forces through the unrounded MLP (what a kernel reading rounded w with the
+MLP's dw/dr would give), against the float64 model; float32 storage (today's) for scale.
+
+    .venv/bin/python benchmarks/weight_precision.py      # the profile's fcc Cu 1024 atoms, l_max 1 and 2
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
 from profile_layers import benchmark_case
 from nequip_fast.model import build_model
 from nequip_fast.model.radial import RadialMLP
