@@ -7,8 +7,7 @@ from nequip_fast.ops import matmul as mm
 
 @pytest.fixture
 def onednn():
-    mm.enable_onednn(True)
-    if not mm._available():
+    if not mm.enable_onednn(True):
         pytest.skip("torch here has no usable oneDNN linear (torch.backends.mkldnn); matmul is torch's @")
     yield
     mm.enable_onednn(True)

@@ -34,10 +34,12 @@ def matmul(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return x @ a
 
 
-def enable_onednn(enabled: bool) -> None:
-    """Use oneDNN for float32 CPU products in this process (where it works) or never."""
+def enable_onednn(enabled: bool) -> bool:
+    """Use oneDNN for float32 CPU products in this process (where it works) or never; returns
+    whether it is used now."""
     global _enabled
     _enabled = enabled and _probe()
+    return _enabled
 
 
 def _available() -> bool:
