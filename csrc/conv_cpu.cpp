@@ -457,9 +457,10 @@ NEQUIP_FAST_INLINE void segment_rows_impl(const Rows<T>& a, int64_t begin, int64
   }
 }
 
-// One clone per ISA level, picked at load time (ifunc): AVX-512 (compile-checked only: the
-// development machine has none), AVX2+FMA, baseline x86-64 otherwise, so the wheel stays
-// portable without -march.
+// One clone per ISA level, picked at load time (ifunc): AVX-512 (the whole suite has run on it on a
+// Zen 5), AVX2+FMA, baseline x86-64 otherwise, so the wheel stays portable without -march. The
+// tiles stay 32 bytes in every clone: 64-byte tiles measured 27% slower to 14% faster by kernel
+// on that Zen 5 (benchmarks/RESULTS.md).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define NEQUIP_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
