@@ -95,5 +95,5 @@ def _wanted(ctx, i: int) -> bool:
     node = ctx.next_functions[i][0]
     try:
         return node is not None and torch._C._will_engine_execute_node(node)
-    except RuntimeError:  # a leaf under autograd.grad: the engine cannot say, so compute it
+    except (RuntimeError, AttributeError):  # a leaf under autograd.grad (the engine cannot say), or an old torch
         return True
