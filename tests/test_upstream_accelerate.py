@@ -1,6 +1,8 @@
 """Upstream NequIP training accelerated in place (``interop.accelerate``): the same losses, step by
-step, with upstream's tensor product + scatter or with nequip_fast's fused op."""
+step, with upstream's tensor product + scatter or with nequip_fast's fused op; upstream's MLP layers
+on ``ops.matmul`` / ``ops.activations.silu`` with the same parameters, state dict and numbers."""
 import copy
+import logging
 
 import pytest
 import torch
@@ -8,8 +10,11 @@ import torch
 from conftest import random_crystal, random_molecule
 from nequip_fast.data import AtomicGraph, batch_graphs
 from nequip_fast.interop import upstream
-from nequip_fast.interop.accelerate import FusedTensorProductScatter, enable_nequip_fast
+from nequip_fast.interop.accelerate import (FastDeepLinearMLP, FastScalarLinearLayer, FastSiLU,
+                                            FusedTensorProductScatter, accelerate, enable_nequip_fast)
 from nequip_fast.model import ModelConfig
+from nequip_fast.ops import activations
+from nequip_fast.ops import matmul as mm
 
 
 def batch(species):
@@ -69,3 +74,97 @@ def test_builds_from_an_upstream_config_and_not_when_packaging():
     assert not any(isinstance(m, FusedTensorProductScatter) for m in packaged.modules())
     with pytest.raises(ValueError, match="TensorProductScatter"):
         enable_nequip_fast(torch.nn.Linear(2, 2))
+
+
+def small_model(dtype):
+    """A 2-layer upstream model whose radial MLPs have two hidden layers (so SiLUs), and a readout."""
+    cfg = ModelConfig.from_dict(dict(species=["H", "C", "O"], r_max=3.5, num_layers=2, l_max=2, num_features=4,
+                                     radial_mlp_depth=2, radial_mlp_width=8, avg_num_neighbors=5.0, dtype=dtype))
+    return cfg, upstream.build(cfg, seed=3)
+
+
+def test_mlp_layers_keep_parameters_and_state_dict(caplog):
+    """Biased, deep-linear and parametrized MLPs beside a model: the same Parameter objects, the same
+    state dict both ways, the same outputs; a parametrized layer is left alone and said so."""
+    from nequip.nn import ScalarMLPFunction
+
+    torch.manual_seed(0)
+    _, model = small_model("float32")
+    plain = torch.nn.ModuleDict(dict(
+        model=model,
+        biased=ScalarMLPFunction(5, 3, hidden_layers_depth=1, hidden_layers_width=6, bias=True),
+        deep=ScalarMLPFunction(5, 3, hidden_layers_depth=1, hidden_layers_width=6, nonlinearity=None),
+        normed=ScalarMLPFunction(5, 3, parametrization="weight_norm")))
+    with torch.no_grad():
+        plain["biased"].mlp[0].bias.normal_()  # upstream starts biases at zero
+    fast = copy.deepcopy(plain)
+    before = list(fast.named_parameters())
+    with caplog.at_level(logging.INFO, logger="nequip_fast.interop.accelerate"):
+        accelerate(fast, backend="cpu")
+    assert "in 2 upstream tensor-product layers; ops.matmul in 10 MLP layers, ops.activations.silu in 5" in caplog.text
+    assert "1 parametrized MLP layers" in caplog.text
+    after = list(fast.named_parameters())
+    assert [(n, id(p)) for n, p in after] == [(n, id(p)) for n, p in before]  # optimizers and EMA keep them
+    assert isinstance(fast["deep"].mlp, FastDeepLinearMLP)
+    assert [type(m) for m in fast["biased"].mlp] == [FastScalarLinearLayer, FastSiLU, FastScalarLinearLayer]
+    assert type(fast["normed"].mlp[0]).__name__ == "ParametrizedScalarLinearLayer"
+
+    ours, theirs = fast.state_dict(), plain.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    x = torch.randn(7, 5)
+    for name in ("biased", "deep", "normed"):
+        torch.testing.assert_close(fast[name](x), plain[name](x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # an upstream checkpoint into the accelerated model, and back
+        for p in plain.parameters():
+            p.add_(0.25)
+    fast.load_state_dict(plain.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fast.parameters(), plain.parameters()))
+    assert fast["biased"].mlp[0].bias is before[[n for n, _ in before].index("biased.mlp.0.bias")][1]
+    fresh = copy.deepcopy(plain)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    fresh.load_state_dict(fast.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), plain.parameters()))
+    for name in ("biased", "deep", "normed"):
+        torch.testing.assert_close(fast[name](x), plain[name](x), rtol=1e-5, atol=1e-6)
+    assert upstream.config_from_upstream(fast["model"]) == upstream.config_from_upstream(plain["model"])
+
+
+def energy_forces_gradient(model, graph):
+    """Energies, forces and the gradient of a force loss (double backward, as in training)."""
+    model.train()
+    out = model(upstream.graph_data(graph))
+    loss = out["total_energy"].pow(2).sum() + out["forces"].pow(2).sum()
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    return out["total_energy"].detach(), out["forces"].detach(), torch.cat([g.flatten() for g in grads])
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
+def test_mlp_swap_gives_upstreams_numbers(dtype, tol):
+    cfg, plain = small_model(dtype)
+    fast = enable_nequip_fast(copy.deepcopy(plain), backend="cpu")
+    assert sum(isinstance(m, (FastScalarLinearLayer, FastDeepLinearMLP)) for m in fast.modules()) == 7
+    graph = batch(cfg.species)
+    for ours, theirs in zip(energy_forces_gradient(fast, graph), energy_forces_gradient(plain, graph)):
+        assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < tol
+
+
+def test_the_swapped_layers_run_on_onednn_and_the_fused_silu():
+    mm.enable_onednn(True)
+    if not mm._available():
+        pytest.skip("torch here has no usable oneDNN linear (torch.backends.mkldnn): ops.matmul is torch's @")
+    if not activations._load():
+        pytest.skip("the nequip_fast ops library cannot be built here: ops.activations.silu is torch's")
+    cfg, plain = small_model("float32")
+    fast = enable_nequip_fast(plain, backend="cpu")
+    seen = []
+    for m in fast.modules():
+        if isinstance(m, (FastScalarLinearLayer, FastDeepLinearMLP, FastSiLU)):
+            m.register_forward_hook(lambda module, inputs, out: seen.append((type(module), type(out.grad_fn).__name__)))
+    energy_forces_gradient(fast, batch(cfg.species))
+    kinds = {kind: {name for k, name in seen if k is kind} for kind, _ in seen}
+    assert kinds[FastScalarLinearLayer] == {"_OneDNNMatmulBackward"}, kinds
+    assert kinds[FastDeepLinearMLP] == {"_OneDNNMatmulBackward"}, kinds  # the readout
+    assert kinds[FastSiLU] == {"GeneratedBackwardFor_nequip_fast_silu_defaultBackward"}, kinds

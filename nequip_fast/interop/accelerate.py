@@ -1,7 +1,10 @@
 """Upstream NequIP training, accelerated in place: upstream's tensor product + scatter
 (``nequip.nn.TensorProductScatter``) replaced by nequip_fast's fused convolution, the way upstream's
-own ``enable_OpenEquivariance`` modifier swaps in its kernel. The model, its weights, its state dict
-and its numbers stay upstream's.
+own ``enable_OpenEquivariance`` modifier swaps in its kernel; and the layers of upstream's MLPs (the
+radial networks, the readout: ``nequip.nn.mlp.ScalarLinearLayer``, ``DeepLinearMLP``, their SiLUs)
+replaced by drop-ins on ``ops.matmul`` (oneDNN: torch's MKL sgemm runs at about half speed on AMD
+CPUs) and ``ops.activations.silu``. The model, its parameters (the same objects), its state dict and
+its numbers stay upstream's.
 
 From Python: ``enable_nequip_fast(model)``. From an upstream config, wrap the model builder::
 
@@ -25,6 +28,8 @@ import torch
 
 from ..allocator import keep_freed_memory
 from ..ops import ConvDescriptor, TensorProductConv
+from ..ops.activations import silu
+from ..ops.matmul import matmul
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +77,96 @@ def _fill_conv_tp(module, state_dict, prefix, *args):
         state_dict.setdefault(f"{prefix}conv.tp.{key}", value)
 
 
+class FastScalarLinearLayer(torch.nn.Module):
+    """Drop-in for upstream's ``ScalarLinearLayer``: ``input @ (weight * alpha) (+ bias)`` on
+    ``ops.matmul``, holding the same ``weight``/``bias`` Parameter objects (optimizers and EMA keep
+    them) and the same non-persistent ``alpha`` buffer (the state dict keys stay upstream's)."""
+
+    original_name = "ScalarLinearLayer"  # the class it stands for (``interop.upstream`` reads models by class name)
+
+    def __init__(self, old: torch.nn.Module):
+        super().__init__()
+        self.in_features: int = old.in_features
+        self.out_features: int = old.out_features
+        self.weight = old.weight
+        self.register_parameter("bias", old.bias)
+        self.register_buffer("alpha", old.alpha, persistent=False)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = matmul(input, self.weight * self.alpha)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class FastDeepLinearMLP(torch.nn.Module):
+    """Drop-in for upstream's ``DeepLinearMLP`` (a product of weight matrices, no bias, no
+    nonlinearity): the same ``weights`` ParameterList and ``alpha`` buffer, the product on ``ops.matmul``."""
+
+    original_name = "DeepLinearMLP"
+
+    def __init__(self, old: torch.nn.Module):
+        super().__init__()
+        self.weights = old.weights
+        self.register_buffer("alpha", old.alpha, persistent=False)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return matmul(input, torch.linalg.multi_dot(list(self.weights)) * self.alpha)
+
+
+class FastSiLU(torch.nn.Module):
+    """Drop-in for ``torch.nn.SiLU`` in upstream's MLPs: ``ops.activations.silu`` (one pass per derivative level)."""
+
+    original_name = "SiLU"
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return silu(input)
+
+
+def _swap_mlp(function: torch.nn.Module, counts: dict[str, int]) -> None:
+    """The layers of one upstream ``ScalarMLPFunction``: its ``mlp`` is a Sequential or a ``DeepLinearMLP``."""
+    mlp = function.mlp
+    if type(mlp).__name__ == "DeepLinearMLP":
+        function.mlp = FastDeepLinearMLP(mlp)
+        counts["dense"] += 1
+        return
+    for name, child in list(mlp.named_children()):
+        kind = type(child).__name__
+        if kind == "ScalarLinearLayer":
+            mlp._modules[name] = FastScalarLinearLayer(child)
+            counts["dense"] += 1
+        elif type(child) is torch.nn.SiLU and not child.inplace:
+            mlp._modules[name] = FastSiLU()
+            counts["silu"] += 1
+        elif kind == "ParametrizedScalarLinearLayer":  # spectral/weight norm, orthogonal: no drop-in matches them
+            counts["left"] += 1
+
+
 def accelerate(model: torch.nn.Module, backend: str = "auto") -> torch.nn.Module:
-    """Replace every upstream ``TensorProductScatter`` in ``model`` (in place); returns ``model``."""
-    count = 0
+    """Replace every upstream ``TensorProductScatter`` in ``model``, and the dense layers and SiLUs of
+    its MLPs (in place); returns ``model``."""
+    counts = dict(conv=0, dense=0, silu=0, left=0)
 
     def swap(module: torch.nn.Module) -> None:
-        nonlocal count
         for name, child in list(module.named_children()):
-            if type(child).__name__ == "TensorProductScatter":
+            kind = type(child).__name__
+            if kind == "TensorProductScatter":
                 module._modules[name] = FusedTensorProductScatter(child, backend)
-                count += 1
+                counts["conv"] += 1
+            elif kind == "ScalarMLPFunction":
+                _swap_mlp(child, counts)
             else:
                 swap(child)
 
     swap(model)
-    if count == 0:
+    if counts["conv"] == 0:
         raise ValueError("no upstream TensorProductScatter found: is this an upstream NequIP 0.19 model?")
-    log.info("nequip_fast: fused convolution (%s) in %d upstream tensor-product layers", backend, count)
+    log.info("nequip_fast: fused convolution (%s) in %d upstream tensor-product layers; ops.matmul in %d MLP "
+             "layers, ops.activations.silu in %d", backend, counts["conv"], counts["dense"], counts["silu"])
+    if counts["left"]:
+        log.info("nequip_fast: %d parametrized MLP layers (spectral/weight norm, orthogonal) left as upstream's",
+                 counts["left"])
     keep_freed_memory()  # upstream's training process repeats same-sized steps, like ours
     return model
 
