@@ -1,6 +1,7 @@
 """Shared test helpers: small models and random, physically sensible structures."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,13 @@ from ase import Atoms
 
 from nequip_fast.data import AtomicGraph
 from nequip_fast.model import build_model
+from nequip_fast.ops import native
 from nequip_fast.ops.fused import load_backend
 
 torch.set_num_threads(1)  # test systems are tiny: more threads only add contention
+# Extra compiler flags for the C++ library, for tests that build and check other variants of it in
+# a subprocess with their own cache (test_fused_ops.py::test_cpu_kernels_at_baseline_isa_without_shuffles).
+native.CXX_FLAGS += tuple(os.environ.get("NEQUIP_FAST_TEST_CXX_FLAGS", "").split())
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -3,6 +3,11 @@
 The Triton backend runs here on CPU under TRITON_INTERPRET=1 when triton is installed.
 """
 import contextlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -322,3 +327,26 @@ def test_export_and_compile():
     (gw,) = torch.autograd.grad(out.pow(2).sum(), w)
     assert_close(out, expected[0], 1e-12, "compiled forward")
     assert_close(gw, expected[3], 1e-12, "compiled backward")
+
+
+def test_cpu_kernels_at_baseline_isa_without_shuffles(tmp_path):
+    """The C++ library as a compiler without ``__builtin_shufflevector`` (GCC < 12: Ubuntu 22.04's
+    11, RHEL 9's) builds it, lanes summed in scalar code, and at the baseline x86-64 ISA that CPUs
+    without AVX2 run (no target clones): built in a fresh cache, its CPU cases of this file must pass
+    in a subprocess, as they do with the clones this machine picks."""
+    try:
+        load_backend("cpu")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    env = dict(os.environ, NEQUIP_FAST_CACHE_DIR=str(tmp_path),
+               NEQUIP_FAST_TEST_CXX_FLAGS="-DNEQUIP_FAST_SHUFFLE=0 -DNEQUIP_FAST_CLONES=")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                           # the reference comparisons (not the tests that start Python themselves: those
+                           # processes would build the library again without the flags)
+                           "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2"],
+                          env=env, capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout, proc.stdout[-2000:]
+    (library,) = tmp_path.rglob("*.so")  # built with the flags (they are part of the cache key) ...
+    # ... so the kernels have no per-ISA clones there (the default build has segment_rows*.arch_x86_64_v4)
+    assert not re.search(rb"segment_rows[^\x00]*\.arch_x86_64_v", library.read_bytes())
