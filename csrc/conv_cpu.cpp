@@ -461,13 +461,11 @@ NEQUIP_FAST_INLINE void segment_rows_impl(const Rows<T>& a, int64_t begin, int64
 // Zen 5), AVX2+FMA, baseline x86-64 otherwise, so the wheel stays portable without -march. The
 // tiles stay 32 bytes in every clone: 64-byte tiles measured 27% slower to 14% faster by kernel
 // on that Zen 5 (benchmarks/RESULTS.md).
-// -DNEQUIP_FAST_CLONES= builds the baseline only (tests/test_fused_ops.py checks that build).
-#ifndef NEQUIP_FAST_CLONES
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// -DNEQUIP_FAST_BASELINE_ONLY builds the baseline alone (tests/test_fused_ops.py checks that build).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NEQUIP_FAST_BASELINE_ONLY)
 #define NEQUIP_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define NEQUIP_FAST_CLONES
-#endif
 #endif
 
 #define NEQUIP_FAST_ROW_FUNCTIONS(T, MUL, SUFFIX)                                                      \

@@ -166,7 +166,8 @@ NEQUIP_FAST_SILU_INLINE void run_f64(const double* const* in, double* const* out
 
 // One version per ISA level, picked at load time (ifunc): AVX-512 (run by the suite on a Zen 5) and
 // AVX2+FMA blend, the baseline x86-64 (SSE2) selects by bits; the wheel stays portable without -march.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// -DNEQUIP_FAST_BASELINE_ONLY builds the baseline alone (tests/test_fused_ops.py checks that build).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NEQUIP_FAST_BASELINE_ONLY)
 #define NEQUIP_FAST_SILU_KERNEL(NAME, OP)                                                                  \
   __attribute__((target("default"))) void NAME(const float* const* in, float* const* out, int64_t b,       \
                                                int64_t e) {                                               \

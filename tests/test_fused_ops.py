@@ -332,21 +332,22 @@ def test_export_and_compile():
 def test_cpu_kernels_at_baseline_isa_without_shuffles(tmp_path):
     """The C++ library as a compiler without ``__builtin_shufflevector`` (GCC < 12: Ubuntu 22.04's
     11, RHEL 9's) builds it, lanes summed in scalar code, and at the baseline x86-64 ISA that CPUs
-    without AVX2 run (no target clones): built in a fresh cache, its CPU cases of this file must pass
-    in a subprocess, as they do with the clones this machine picks."""
+    without AVX2 run (no per-ISA versions): built in a fresh cache, the CPU cases of this file and
+    the fused SiLU's tests must pass in a subprocess, as they do with the versions this machine picks."""
     try:
         load_backend("cpu")
     except RuntimeError as e:
         pytest.skip(str(e))
     env = dict(os.environ, NEQUIP_FAST_CACHE_DIR=str(tmp_path),
-               NEQUIP_FAST_TEST_CXX_FLAGS="-DNEQUIP_FAST_SHUFFLE=0 -DNEQUIP_FAST_CLONES=")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+               NEQUIP_FAST_TEST_CXX_FLAGS="-DNEQUIP_FAST_SHUFFLE=0 -DNEQUIP_FAST_BASELINE_ONLY")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
+                           str(Path(__file__).with_name("test_silu.py")), "-k",
                            # the reference comparisons (not the tests that start Python themselves: those
                            # processes would build the library again without the flags)
-                           "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2"],
+                           "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2 or silu"],
                           env=env, capture_output=True, text=True, cwd=Path(__file__).parent)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout, proc.stdout[-2000:]
     (library,) = tmp_path.rglob("*.so")  # built with the flags (they are part of the cache key) ...
-    # ... so the kernels have no per-ISA clones there (the default build has segment_rows*.arch_x86_64_v4)
-    assert not re.search(rb"segment_rows[^\x00]*\.arch_x86_64_v", library.read_bytes())
+    # ... so the kernels have no per-ISA versions there (the default build has *.arch_x86_64_v4 ones)
+    assert not re.search(rb"(segment_rows|silu_f32)[^\x00]*\.arch_x86_64_v", library.read_bytes())
