@@ -7,10 +7,9 @@ self-connection) and ``Gate`` (split, activations, an elementwise tensor product
 over the node features with its own autograd nodes. Both maps are linear in their inputs, so for
 one irrep the convolution output and the features times the one-hot are row blocks of one matrix
 product, accumulated into one output per irrep (``ops.matmul``: oneDNN on CPU); the gate then reads
-pieces of it. The
-weights stay the e3nn modules' (same state-dict keys, same upstream weight transfer); they are
-assembled into the per-irrep matrices on every call (a few small ops on parameters of a few kB),
-so training sees the same parameters and export folds them. Pure torch: autograd gives the
+pieces of it. The weights stay the e3nn modules' (same state-dict keys, same upstream weight
+transfer); they are assembled into the per-irrep matrices on every call (a few small ops on
+parameters of a few kB), so training sees the same parameters and export folds them. Pure torch: autograd gives the
 backward and the double backward (``ops.matmul`` is its own backward), and torch.export
 understands it (traced, ``ops.matmul`` is torch's ``@``).
 """

@@ -91,16 +91,24 @@ def register_fake_and_autograd(segment_name: str, edge_name: str, segment2_name:
         ctx.save_for_backward(x, sh, w, plan, values, edge_index, ptr, perm)
         ctx.layout, ctx.transpose = layout, transpose
 
+    def operand_grads(ctx, grad, x, pairs, plan, values, graph) -> list:
+        """(g_sh, g_w) of each (sh, w) pair of a sum of segment_convs of x, in input order (None where
+        not needed): <grad, conv(a)> = <a, conv^T(grad)>, and edge_grads wants (input-space,
+        output-space) operands."""
+        inputs, outputs = (grad, x) if ctx.transpose else (x, grad)
+        grads = []
+        for k, (sh, w) in enumerate(pairs):
+            needed = ctx.needs_input_grad[1 + 2 * k] or ctx.needs_input_grad[2 + 2 * k]
+            grads += edge(inputs, outputs, sh, w, plan, values, ctx.layout, *graph) if needed else (None, None)
+        return grads
+
     def segment_backward(ctx, grad):
-        # <grad, conv(a)> = <a, conv^T(grad)>, and edge_grads wants (input-space, output-space) operands.
         x, sh, w, plan, values, edge_index, ptr, perm = ctx.saved_tensors
-        gx = g_sh = g_w = None
+        graph = (edge_index, ptr, perm)
+        gx = None
         if ctx.needs_input_grad[0]:
-            gx = segment(grad, sh, w, plan, values, ctx.layout, edge_index, ptr, perm, not ctx.transpose)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            inputs, outputs = (grad, x) if ctx.transpose else (x, grad)
-            g_sh, g_w = edge(inputs, outputs, sh, w, plan, values, ctx.layout, edge_index, ptr, perm)
-        return gx, g_sh, g_w, None, None, None, None, None, None, None
+            gx = segment(grad, sh, w, plan, values, ctx.layout, *graph, not ctx.transpose)
+        return gx, *operand_grads(ctx, grad, x, [(sh, w)], plan, values, graph), *(None,) * 7
 
     segment2 = None
     if segment2_name is not None:
@@ -118,16 +126,11 @@ def register_fake_and_autograd(segment_name: str, edge_name: str, segment2_name:
         def segment2_backward(ctx, grad):
             # The sum of two segment_convs of x: the sum of their backwards (segment_backward).
             x, sh, w, sh2, w2, plan, values, edge_index, ptr, perm = ctx.saved_tensors
-            graph, needs = (edge_index, ptr, perm), ctx.needs_input_grad
-            gx = g_sh = g_w = g_sh2 = g_w2 = None
-            if needs[0]:
+            graph = (edge_index, ptr, perm)
+            gx = None
+            if ctx.needs_input_grad[0]:
                 gx = segment2(grad, sh, w, sh2, w2, plan, values, ctx.layout, *graph, not ctx.transpose)
-            inputs, outputs = (grad, x) if ctx.transpose else (x, grad)
-            if needs[1] or needs[2]:
-                g_sh, g_w = edge(inputs, outputs, sh, w, plan, values, ctx.layout, *graph)
-            if needs[3] or needs[4]:
-                g_sh2, g_w2 = edge(inputs, outputs, sh2, w2, plan, values, ctx.layout, *graph)
-            return gx, g_sh, g_w, g_sh2, g_w2, None, None, None, None, None, None, None
+            return gx, *operand_grads(ctx, grad, x, [(sh, w), (sh2, w2)], plan, values, graph), *(None,) * 7
 
         torch.library.register_autograd(segment2_name, segment2_backward, setup_context=segment2_setup)
 
