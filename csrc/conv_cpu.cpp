@@ -3,6 +3,9 @@
 // Inside a kernel the node operands are transposed per irrep block from e3nn's [u][i] ("mul_ir")
 // to [i][u] ("ir_mul") so that every inner loop runs over the channels u with unit stride, like
 // the weights w[e, w_off + u]. Rows are independent, so results do not depend on the thread count.
+// Per edge, the CG tensor contracted with the edge's sh is a dense a_dim x b_dim block per path; the
+// kernels hold one output group's components (or edge_grads' g components) in registers for a tile
+// of channels and stream the edges' x and w rows past them.
 #include "conv.h"
 
 #include <ATen/Dispatch.h>
@@ -13,11 +16,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 #include <vector>
 
-// The 32-byte vector types below never cross a call boundary (everything using them is inlined
-// into one clone), so the ABI note about passing them without AVX does not apply.
+// The vector types below never cross a call boundary (everything using them is inlined into one
+// per-ISA version), so the ABI note about passing them without AVX does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace nequip_fast {
@@ -48,7 +52,7 @@ at::Tensor to_ir_mul(const at::Tensor& src, const Block* blocks, int64_t num_blo
   return dst;
 }
 
-// What a range of rows needs, as raw pointers: the per-ISA clones below must not call into libtorch.
+// What a range of rows needs, as raw pointers: the per-ISA versions below must not call into libtorch.
 template <typename T>
 struct Rows {
   PlanView<T> plan;
@@ -62,46 +66,43 @@ struct Rows {
   int64_t fw;
   int64_t pairs;  // P = E - rows of w: edges [0, P) and [P, 2P) are reversed pairs (see weight_row)
   const int64_t* ptr;
+  int64_t rows;  // of the CSR
   const int64_t* perm;
   const int64_t* col;
-  // The pairs of each path by b component (the plan orders them by a): pair ids by_b[k] for
-  // k in [b_ptr[p.kptr + kk], b_ptr[p.kptr + kk + 1]) are those reducing into component kk of path p;
-  // a_at[k] = p.a_off + pairs[by_b[k]].a * p.mul, where the pair's a component starts in an ir_mul row.
-  const int32_t* b_ptr;
-  const int32_t* by_b;
-  const int32_t* a_at;
+  // Each path's contracted CG coefficients as a dense a_dim x b_dim block (DenseOrder): pair (a, kk)
+  // of path p has the dense index c_off[p] + a * b_dim + kk.
+  const int32_t* c_off;
+  const int32_t* pair_at;  // per pair q: its dense index
+  int64_t n_dense;
   // segment_conv2: the second (sh, w) operands, same shapes as sh and w.
   const T* sh2 = nullptr;
   const T* w2 = nullptr;
 };
 
-// The pairs of every path by b component (see Rows), with the offsets of their a components.
-struct PairOrder {
-  std::vector<int32_t> b_ptr, by_b, a_at;
+// Each path's pairs as a dense a_dim x b_dim block of coefficients, zero where a pair has no terms,
+// so that a kernel holds a path's b components in registers, indexed at compile time. The zeros
+// cost multiply-adds (the l = 0 harmonic's diagonal paths, cross products), which measured cheaper
+// than a branch per pair.
+struct DenseOrder {
+  std::vector<int32_t> c_off, pair_at;
+  int64_t n_dense = 0;
 };
 
-// The pair ids of each path grouped by b component, indexed like the plan's kptr (see Rows).
 template <typename T>
-void pairs_by_b(const PlanView<T>& plan, int64_t kptr_size, PairOrder& order) {
-  order.b_ptr.assign(kptr_size, 0);
-  order.by_b.clear();
-  order.a_at.clear();
+void dense_order(const PlanView<T>& plan, DenseOrder& order) {
+  order.c_off.resize(plan.n_paths), order.pair_at.resize(plan.n_pairs);
+  order.n_dense = 0;
   for (int32_t pi = 0; pi < plan.n_paths; ++pi) {
     const PlanPath& p = plan.paths[pi];
-    for (int32_t kk = 0; kk < p.b_dim; ++kk) {
-      order.b_ptr[p.kptr + kk] = int32_t(order.by_b.size());
-      for (int32_t q = p.pair_begin; q < p.pair_end; ++q)
-        if (plan.pairs[q].b == kk) {
-          order.by_b.push_back(q);
-          order.a_at.push_back(p.a_off + plan.pairs[q].a * p.mul);
-        }
-    }
-    order.b_ptr[p.kptr + p.b_dim] = int32_t(order.by_b.size());
+    order.c_off[pi] = int32_t(order.n_dense);
+    for (int32_t q = p.pair_begin; q < p.pair_end; ++q)
+      order.pair_at[q] = int32_t(order.n_dense + plan.pairs[q].a * p.b_dim + plan.pairs[q].b);
+    order.n_dense += int64_t(p.a_dim) * p.b_dim;
   }
 }
 
 #define NEQUIP_FAST_INLINE __attribute__((always_inline)) inline
-// Lambdas too: one left out of line would be compiled for the baseline ISA, not the caller's clone.
+// Lambdas too: one left out of line would be compiled for the baseline ISA, not the caller's version.
 #define NEQUIP_FAST_INLINE_LAMBDA __attribute__((always_inline))
 
 // Edge layout [P edges, their P reverses, U unpaired], E = 2P + U, with R = E - P weight rows: a
@@ -115,8 +116,8 @@ NEQUIP_FAST_INLINE const T* weight_row(const Rows<T>& a, int64_t e) {
   return weight_row(a, e, a.w);
 }
 
-// A tile of channels held in registers: NV vectors of L lanes (GCC vector types; 32-byte vectors
-// are one AVX2 register, the baseline clone splits them).
+// A tile of channels held in registers: NV vectors of L lanes (GCC vector types: 64-byte ones are
+// one AVX-512 register, 32-byte ones one AVX2 register, 16-byte ones one SSE register).
 template <typename T, int L>
 struct Lanes {
   typedef T type __attribute__((vector_size(sizeof(T) * L)));
@@ -217,35 +218,54 @@ NEQUIP_FAST_INLINE void lane_sums(const T* v, T* sums) {  // v: L vectors of L l
   }
 }
 
-// Per edge block scratch: the edges' sh transposed, their contracted CG coefficients, the pair dots
-// of edge_grads; [column or pair (by-b order)][edge] so that the term loops run over the edges with unit stride.
+// The lanes of v as one 32-byte vector (lanes_of(sizeof(T)) lanes): 64-byte vectors sum their
+// halves, narrower ones fill the low lanes.
+template <typename T, int L>
+NEQUIP_FAST_INLINE typename Lanes<T, lanes_of(sizeof(T))>::type fold32(const typename Lanes<T, L>::type& v) {
+  constexpr int K = lanes_of(sizeof(T));
+  using VK = typename Lanes<T, K>::type;
+  if constexpr (L == K) {
+    return v;
+  } else if constexpr (L == 2 * K) {
+    using U = typename Lanes<T, K>::unaligned;
+    const T* lanes = reinterpret_cast<const T*>(&v);
+    return VK(*reinterpret_cast<const U*>(lanes)) + VK(*reinterpret_cast<const U*>(lanes + K));
+  } else {
+    static_assert(L < K, "tiles are single channels or 16-, 32- or 64-byte vectors");
+    VK r{};
+    for (int l = 0; l < L; ++l) r[l] = v[l];
+    return r;
+  }
+}
+
+// Per edge block scratch: the edges' sh transposed, their contracted CG coefficients and
+// edge_grads' pair dots, [column or dense index][edge] so that the term loops run over the edges
+// with unit stride.
 template <typename T>
 struct BlockScratch {
   std::vector<const T*> x, w, w2;
-  std::vector<T> sht, c, c2, dots, acc;  // c2, w2: segment_conv2's second operands
-  std::vector<T> dv;  // edge_grads: per pair, <x[a], w g[b]> by lane (vector types lose their alignment in templates)
-  void fit(int64_t n, int64_t fs, int64_t np) {
+  std::vector<T> sht, c, dots, acc;  // w2: segment_conv2's second weights
+  std::vector<T> dv;  // edge_grads: per dense index, <x[a], w g[kk]> in 32 bytes of lanes
+  void fit(int64_t n, int64_t fs, int64_t nc) {
     if (int64_t(x.size()) < n)
-      x.resize(n), w.resize(n), w2.resize(n), sht.resize(n * fs), c.resize(n * np), c2.resize(n * np),
-          dots.resize(n * np);
+      x.resize(n), w.resize(n), w2.resize(n), sht.resize(n * fs), c.resize(n * nc), dots.resize(n * nc);
     constexpr int kLanes = lanes_of(sizeof(T));
-    dv.resize((np + kLanes - 1) / kLanes * kLanes * kLanes);  // padding pairs stay zero
+    dv.resize((nc + kLanes - 1) / kLanes * kLanes * kLanes);  // padding stays zero
   }
 };
 
-// c[m * n + j] = sum over the terms of pair q = by_b[m] of value * sh[es[j], col]: the CG tensor
-// contracted with the sh of each of the n edges es, vectorised over the edges, in the by-b order
-// that the kernels walk (m runs through every pair once, path by path, b component by component).
+// c[m * n + j] for each dense index m (DenseOrder) = sum over the terms of m's pair of value *
+// sh[es[j], col]: the CG tensor contracted with the sh of each of the n edges es, vectorised over the
+// edges; zero where a pair has no terms.
 template <typename T>
 NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const T* sh, const int64_t* es, int64_t n, BlockScratch<T>& s,
                                     T* c) {
   T* sht = s.sht.data();
   for (int64_t j = 0; j < n; ++j)
     for (int64_t f = 0; f < a.fs; ++f) sht[f * n + j] = sh[es[j] * a.fs + f];
-  for (int64_t m = 0; m < a.plan.n_pairs; ++m) {
-    const int32_t q = a.by_b[m];
-    T* cq = c + m * n;
-    for (int64_t j = 0; j < n; ++j) cq[j] = 0;
+  for (int64_t m = 0; m < a.n_dense * n; ++m) c[m] = 0;
+  for (int64_t q = 0; q < a.plan.n_pairs; ++q) {
+    T* cq = c + a.pair_at[q] * n;
     for (int64_t i = a.plan.pairs[q].term_begin; i < a.plan.pairs[q].term_end; ++i) {
       const T v = a.plan.values[i];
       const T* y = sht + a.plan.terms[i].sh * n;
@@ -255,35 +275,133 @@ NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const T* sh, const int64_t
   }
 }
 
-// Calls f.template operator()<L, NV>(u0) for the tiles covering `mul` channels: one register tile
-// of MUL channels when MUL > 0 (fully unrolled), else vector tiles when mul is a multiple of a
-// vector's lanes and single channels otherwise.
-template <typename T, int64_t MUL, typename F>
+// Calls f.template operator()<L, NV>(u0) for the tiles covering `mul` channels with vectors of
+// LANES lanes: tiles of at most MAX_NV vectors when MUL > 0 (MUL fixed at compile time, fully
+// unrolled), else one-vector tiles when mul is a multiple of a vector's lanes and single channels
+// otherwise.
+template <typename T, int64_t MUL, int MAX_NV, int LANES, typename F>
 NEQUIP_FAST_INLINE void for_tiles(int64_t mul, F&& f) {
-  constexpr int kLanes = lanes_of(sizeof(T));
   if constexpr (MUL > 0) {
-    static_assert(MUL % kLanes == 0, "a fixed channel count is a whole number of vectors");
-    f.template operator()<kLanes, int(MUL / kLanes)>(int64_t(0));
-  } else if (mul % kLanes == 0) {
-    for (int64_t u0 = 0; u0 < mul; u0 += kLanes) f.template operator()<kLanes, 1>(u0);
+    static_assert(MUL % LANES == 0, "a fixed channel count is a whole number of vectors");
+    constexpr int kVectors = int(MUL / LANES), kNV = kVectors < MAX_NV ? kVectors : MAX_NV;
+    static_assert(kVectors % kNV == 0, "tiles cover the channels");
+    if constexpr (kNV == kVectors)
+      f.template operator()<LANES, kNV>(int64_t(0));
+    else
+      for (int64_t u0 = 0; u0 < MUL; u0 += kNV * LANES) f.template operator()<LANES, kNV>(u0);
+  } else if (mul % LANES == 0) {
+    for (int64_t u0 = 0; u0 < mul; u0 += LANES) f.template operator()<LANES, 1>(u0);
   } else {
     for (int64_t u0 = 0; u0 < mul; ++u0) f.template operator()<1, 1>(u0);
   }
 }
 
+// Vectors per channel tile when `live` tiles are held at once: what fits the vector registers of
+// an ISA with VB-byte vectors (16 with AVX2, 32 with AVX-512), a power of two.
+template <int VB>
+constexpr int tile_vectors(int live) {
+  constexpr int kRegisters = VB == 64 ? 32 : 16;
+  return kRegisters / live >= 4 ? 4 : kRegisters / live >= 2 ? 2 : 1;
+}
+
 // Edges per block of a row: their x and w rows stay in L1 while every output tile passes over them.
 // Half as many where the gathered rows are wider than the output (the transposed conv: 3264 features
-// against 576 at l_max 2; measured 8-10 % faster with 4, while the forward is ~10 % slower with 4).
+// against 576 at l_max 2).
 constexpr int64_t kEdgeBlock = 8;
 
-// out row r (e3nn's mul_ir layout) = sum over the row's edges of T(x[col], sh, w). Per block of
-// the row's edges, each output component's channel tile is accumulated in registers (per path:
-// t = sum over its pairs of c * x[a], acc += w * t); MUL > 0 fixes the channel count at compile
-// time, 0 reads it from the plan. TWO: plus T(x[col], sh2, w2) (segment_conv2), x read once.
-template <int64_t MUL, bool TWO, typename T>
+// Asks for `count` items from p ahead of their use, into L2 (the rows in use keep L1): the w rows
+// (3.8 kB per edge at l_max 2) stream from memory, and without this the kernels wait on them.
+template <typename T>
+NEQUIP_FAST_INLINE void prefetch(const T* p, int64_t count) {
+  for (int64_t f = 0; f < count; f += 64 / sizeof(T)) __builtin_prefetch(p + f, 0, 2);
+}
+
+// The gathered x rows and the w rows (and w2's) of the n edges es.
+template <bool TWO, typename T>
+NEQUIP_FAST_INLINE void prefetch_edges(const Rows<T>& a, const int64_t* es, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    prefetch(a.x + a.col[es[j]] * a.fa, a.fa);
+    prefetch(weight_row(a, es[j]), a.fw);
+    if constexpr (TWO) prefetch(weight_row(a, es[j], a.w2), a.fw);
+  }
+}
+
+// One block of a row's edges as the group kernels read it.
+template <typename T>
+struct EdgeBlock {
+  const T* const* x;  // per edge its gathered row
+  const T* const* w;
+  const T* c;  // [dense index][edge], contract_sh
+  int64_t n;
+  bool first, last;  // the accumulators start at zero, the results go out
+};
+
+// Output components [k0, k0 + KB) of group b over one edge block: per channel tile (VB-byte
+// vectors), KB accumulators in registers; per path and edge, for each a component wx = w * x[a],
+// then acc[kk] += c[a][kk] * wx.
+template <int VB, int64_t MUL, int KB, typename T>
+NEQUIP_FAST_INLINE void segment_group(const Rows<T>& a, const PlanGroup& b, int64_t k0, const EdgeBlock<T>& blk,
+                                      T* accs, T* orow) {
+  const int64_t mul = MUL > 0 ? MUL : b.mul, n = blk.n;
+  constexpr int kLive = KB + 2;  // accumulators, w and w * x
+  for_tiles<T, MUL, tile_vectors<VB>(kLive), int(VB / sizeof(T))>(mul, [&]<int L, int NV>(int64_t u0)
+                                                                        NEQUIP_FAST_INLINE_LAMBDA {
+    using TileT = Tile<T, L, NV>;
+    TileT acc[KB];
+#pragma GCC unroll 32
+    for (int kk = 0; kk < KB; ++kk)
+      acc[kk] = blk.first ? TileT::zero() : TileT::load(accs + b.b_off + (k0 + kk) * mul + u0);
+    for (int64_t pi = b.path_begin; pi < b.path_end; ++pi) {
+      const PlanPath& p = a.plan.paths[pi];
+      const int64_t c_at = (a.c_off[pi] + k0) * n, a_dim = p.a_dim, c_step = p.b_dim * n;
+      for (int64_t j = 0; j < n; ++j) {
+        const TileT w = TileT::load(blk.w[j] + p.w_off + u0);
+        const T* xj = blk.x[j] + p.a_off + u0;
+        for (int64_t ai = 0; ai < a_dim; ++ai) {
+          const TileT wx = w * TileT::load(xj + ai * mul);
+          const T* ca = blk.c + c_at + ai * c_step + j;
+#pragma GCC unroll 32
+          for (int kk = 0; kk < KB; ++kk) acc[kk].fma(ca[kk * n], wx);
+        }
+      }
+    }
+#pragma GCC unroll 32
+    for (int kk = 0; kk < KB; ++kk) {
+      if (!blk.last) {
+        acc[kk].store(accs + b.b_off + (k0 + kk) * mul + u0);
+      } else {
+        T* o = orow + b.b_off + u0 * b.b_dim + k0 + kk;
+        for (int i = 0; i < NV; ++i)
+          for (int l = 0; l < L; ++l) o[(i * L + l) * b.b_dim] = acc[kk].v[i][l];
+      }
+    }
+  });
+}
+
+// Every output group over one edge block (segment_group, the group's components at compile time for
+// l <= 3, one at a time beyond).
+template <int VB, int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void segment_groups(const Rows<T>& a, const EdgeBlock<T>& blk, T* accs, T* orow) {
+  for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {
+    const PlanGroup& b = a.plan.groups[gi];
+    switch (b.b_dim) {
+      case 1: segment_group<VB, MUL, 1>(a, b, 0, blk, accs, orow); break;
+      case 3: segment_group<VB, MUL, 3>(a, b, 0, blk, accs, orow); break;
+      case 5: segment_group<VB, MUL, 5>(a, b, 0, blk, accs, orow); break;
+      case 7: segment_group<VB, MUL, 7>(a, b, 0, blk, accs, orow); break;
+      default:
+        for (int64_t k0 = 0; k0 < b.b_dim; ++k0) segment_group<VB, MUL, 1>(a, b, k0, blk, accs, orow);
+    }
+  }
+}
+
+// out row r (e3nn's mul_ir layout) = sum over the row's edges of T(x[col], sh, w), block by block of
+// its edges; MUL > 0 fixes the channel count at compile time, 0 reads it from the plan. TWO: plus
+// T(x[col], sh2, w2) (segment_conv2), a second pass over each block while its x rows are in cache.
+template <int VB, int64_t MUL, bool TWO, typename T>
 NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>& s, T* orow) {
   const int64_t begin = a.ptr[r], n = a.ptr[r + 1] - begin;
-  s.fit(n, a.fs, a.plan.n_pairs);
+  s.fit(n, a.fs, a.n_dense);
   if (int64_t(s.acc.size()) < a.plan.b_features) s.acc.resize(a.plan.b_features);
   for (int64_t j = 0; j < n; ++j) {
     const int64_t e = a.perm[begin + j];
@@ -291,117 +409,100 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
     s.w[j] = weight_row(a, e);
     if constexpr (TWO) s.w2[j] = weight_row(a, e, a.w2);
   }
-  contract_sh(a, a.sh, a.perm + begin, n, s, s.c.data());
-  if constexpr (TWO) contract_sh(a, a.sh2, a.perm + begin, n, s, s.c2.data());
-  const T* const* xs = s.x.data();
-  const T* const* ws = s.w.data();
-  const T* const* ws2 = s.w2.data();
-  const T* cs = s.c.data();
-  const T* cs2 = s.c2.data();
-  T* accs = s.acc.data();  // [ir_mul] between edge blocks
   const int64_t block = a.plan.a_features > a.plan.b_features ? kEdgeBlock / 2 : kEdgeBlock;
   for (int64_t j0 = 0; j0 < n; j0 += block) {
-    const int64_t j1 = std::min(n, j0 + block);
-    for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {
-      const PlanGroup& b = a.plan.groups[gi];
-      const int64_t mul = MUL > 0 ? MUL : b.mul;
-      for_tiles<T, MUL>(mul, [&]<int L, int NV>(int64_t u0) NEQUIP_FAST_INLINE_LAMBDA {
-        using TileT = Tile<T, L, NV>;
-        for (int64_t kk = 0; kk < b.b_dim; ++kk) {
-          T* acc_at = accs + b.b_off + kk * mul + u0;
-          TileT acc = j0 == 0 ? TileT::zero() : TileT::load(acc_at);
-          for (int64_t pi = b.path_begin; pi < b.path_end; ++pi) {
-            const PlanPath& p = a.plan.paths[pi];
-            const int32_t q_begin = a.b_ptr[p.kptr + kk], q_end = a.b_ptr[p.kptr + kk + 1];
-            for (int64_t j = j0; j < j1 && q_begin < q_end; ++j) {
-              const T* xj = xs[j] + u0;
-              TileT t = TileT::zero();
-              if constexpr (TWO) {
-                TileT t2 = TileT::zero();
-                for (int32_t m = q_begin; m < q_end; ++m) {
-                  const TileT xq = TileT::load(xj + a.a_at[m]);
-                  t.fma(cs[m * n + j], xq);
-                  t2.fma(cs2[m * n + j], xq);
-                }
-                acc.fma(TileT::load(ws2[j] + p.w_off + u0), t2);
-              } else {
-                for (int32_t m = q_begin; m < q_end; ++m) t.fma(cs[m * n + j], TileT::load(xj + a.a_at[m]));
-              }
-              acc.fma(TileT::load(ws[j] + p.w_off + u0), t);
-            }
-          }
-          if (j1 < n) {
-            acc.store(acc_at);
-          } else {
-            T* o = orow + b.b_off + u0 * b.b_dim + kk;
-            for (int i = 0; i < NV; ++i)
-              for (int l = 0; l < L; ++l) o[(i * L + l) * b.b_dim] = acc.v[i][l];
-          }
-        }
-      });
+    const int64_t nb = std::min(n - j0, block);
+    if (j0 + nb < n)  // the next block of this row, or the first of the next row
+      prefetch_edges<TWO>(a, a.perm + begin + j0 + nb, std::min(n - j0 - nb, block));
+    else if (r + 1 < a.rows)
+      prefetch_edges<TWO>(a, a.perm + a.ptr[r + 1], std::min(a.ptr[r + 2] - a.ptr[r + 1], block));
+    const bool first = j0 == 0, last = j0 + nb == n;
+    contract_sh(a, a.sh, a.perm + begin + j0, nb, s, s.c.data());
+    segment_groups<VB, MUL>(a, EdgeBlock<T>{s.x.data() + j0, s.w.data() + j0, s.c.data(), nb, first, last && !TWO},
+                            s.acc.data(), orow);
+    if constexpr (TWO) {
+      contract_sh(a, a.sh2, a.perm + begin + j0, nb, s, s.c.data());
+      segment_groups<VB, MUL>(a, EdgeBlock<T>{s.x.data() + j0, s.w2.data() + j0, s.c.data(), nb, false, last},
+                              s.acc.data(), orow);
     }
   }
 }
 
-// g_w (accumulated into gwe) of <g[r], T(x[sender], sh[e], w[e])> for edge j of a block, and the
-// pair dots <x[a], w g[b]> that give its g_sh. Per path and channel tile, w and g_w stay in
-// registers; per b component, with g[r]'s tile: t = sum over its pairs of c * x[a], g_w += g * t.
-template <int64_t MUL, typename T>
+// Path p's share of <g[r], T(x[sender], sh[e], w[e])> differentiated, for its components
+// [k0, k0 + KB) and edge e: g_w (accumulated into gwe) and the pair dots <x[a], w g[kk]> (into dv,
+// 32 bytes of lanes per dense index m0..). Per channel tile, g[kk] and w g[kk] stay in registers;
+// per a component, t = sum over kk of c[a][kk] g[kk] and g_w += x[a] t.
+template <int VB, int64_t MUL, int KB, typename T>
+NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_t k0, const T* c, int64_t n,
+                                        const T* xa, const T* gr, const T* we, T* gwe, T* dv) {
+  constexpr int kLanes = lanes_of(sizeof(T));
+  using VL = typename Lanes<T, kLanes>::unaligned;
+  // In locals: the dots' vector stores may alias anything, so fields of p would be reloaded per pair.
+  const int64_t mul = MUL > 0 ? MUL : p.mul, a_dim = p.a_dim, b_dim = p.b_dim, a_off = p.a_off, b_off = p.b_off,
+                w_off = p.w_off;
+  constexpr int kLive = 2 * KB + 4;  // g, w g, and w, g_w, x[a], t
+  for_tiles<T, MUL, tile_vectors<VB>(kLive), int(VB / sizeof(T))>(mul, [&]<int L, int NV>(int64_t u0)
+                                                                        NEQUIP_FAST_INLINE_LAMBDA {
+    using TileT = Tile<T, L, NV>;
+    const TileT w = TileT::load(we + w_off + u0);
+    TileT g[KB], wg[KB];
+#pragma GCC unroll 32
+    for (int kk = 0; kk < KB; ++kk) g[kk] = TileT::load(gr + b_off + (k0 + kk) * mul + u0), wg[kk] = w * g[kk];
+    TileT gw = TileT::load(gwe + w_off + u0);
+    for (int64_t ai = 0; ai < a_dim; ++ai) {
+      const TileT xq = TileT::load(xa + a_off + ai * mul + u0);
+      const int64_t m0 = c_off + ai * b_dim + k0;
+      const T* ca = c + m0 * n;
+      TileT t = TileT::zero();
+#pragma GCC unroll 32
+      for (int kk = 0; kk < KB; ++kk) {
+        t.fma(ca[kk * n], g[kk]);
+        VL& dq = *reinterpret_cast<VL*>(dv + (m0 + kk) * kLanes);
+        const auto d = fold32<T, L>((xq * wg[kk]).vector_sum());
+        if (u0 == 0)
+          dq = d;
+        else
+          dq += d;
+      }
+      gw.fma(xq, t);
+    }
+    gw.store(gwe + w_off + u0);
+  });
+}
+
+// g_w (accumulated into gwe) of edge e (receiver r) and the pair dots that give its g_sh, into
+// dots[m * n] for each dense index m.
+template <int VB, int64_t MUL, typename T>
 NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, const T* c, T* dots, int64_t n,
                                         T* dv, T* gwe) {
   constexpr int kLanes = lanes_of(sizeof(T));
-  using VL = typename Lanes<T, kLanes>::unaligned;
-  if (MUL == 0)
-    for (int64_t f = 0; f < a.plan.n_pairs * kLanes; ++f) dv[f] = 0;
   const T* gr = a.g + r * a.fb;
   const T* xa = a.x + a.col[e] * a.fa;
   const T* we = weight_row(a, e);
-  // In locals: the dots' vector stores may alias anything, so members of `a` would be reloaded per pair.
-  const int32_t* const a_at = a.a_at;
-  const int32_t* const b_ptr = a.b_ptr;
   for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
     const PlanPath& p = a.plan.paths[pi];
-    const int64_t mul = MUL > 0 ? MUL : p.mul;
-    for_tiles<T, MUL>(mul, [&]<int L, int NV>(int64_t u0) NEQUIP_FAST_INLINE_LAMBDA {
-      using TileT = Tile<T, L, NV>;
-      const TileT wp = TileT::load(we + p.w_off + u0);
-      TileT gw = TileT::load(gwe + p.w_off + u0);
-      const T* xu = xa + u0;
-      for (int64_t kk = 0; kk < p.b_dim; ++kk) {
-        const int32_t q_begin = b_ptr[p.kptr + kk], q_end = b_ptr[p.kptr + kk + 1];
-        if (q_begin == q_end) continue;
-        const TileT gk = TileT::load(gr + p.b_off + kk * mul + u0);
-        const TileT wg = wp * gk;
-        TileT t = TileT::zero();
-        for (int32_t m = q_begin; m < q_end; ++m) {
-          const TileT xq = TileT::load(xu + a_at[m]);
-          t.fma(c[m * n], xq);
-          VL& dq = *reinterpret_cast<VL*>(dv + m * kLanes);
-          if constexpr (L == kLanes && MUL > 0)
-            dq = (xq * wg).vector_sum();  // the tile covers all channels
-          else if constexpr (L == kLanes)
-            dq += (xq * wg).vector_sum();
-          else
-            dv[m * kLanes] += (xq * wg).sum();
-        }
-        gw.fma(gk, t);
-      }
-      gw.store(gwe + p.w_off + u0);
-    });
+    const int64_t c_off = a.c_off[pi];
+    switch (p.b_dim) {
+      case 1: edge_grads_path<VB, MUL, 1>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
+      case 3: edge_grads_path<VB, MUL, 3>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
+      case 5: edge_grads_path<VB, MUL, 5>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
+      case 7: edge_grads_path<VB, MUL, 7>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
+      default:
+        for (int64_t k0 = 0; k0 < p.b_dim; ++k0) edge_grads_path<VB, MUL, 1>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
+    }
   }
   T sums[kLanes];
-  for (int64_t m0 = 0; m0 < a.plan.n_pairs; m0 += kLanes) {
+  for (int64_t m0 = 0; m0 < a.n_dense; m0 += kLanes) {
     lane_sums<T, kLanes>(dv + m0 * kLanes, sums);
-    for (int64_t m = m0; m < std::min<int64_t>(a.plan.n_pairs, m0 + kLanes); ++m) dots[m * n] = sums[m - m0];
+    for (int64_t m = m0; m < std::min<int64_t>(a.n_dense, m0 + kLanes); ++m) dots[m * n] = sums[m - m0];
   }
 }
 
 // g_sh and g_w of the n edges es (every edge of a pair in the same block: they share a g_w row).
-template <int64_t MUL, typename T>
+template <int VB, int64_t MUL, typename T>
 NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, int64_t n, const int64_t* receiver,
                                          BlockScratch<T>& s, T* g_sh, T* g_w) {
-  const int64_t np = a.plan.n_pairs;
-  s.fit(n, a.fs, np);
+  s.fit(n, a.fs, a.n_dense);
   // Each g_w row belongs to one block, so zeroing here (cache-hot) replaces a zero-filled allocation.
   for (int64_t j = 0; j < n; ++j) {
     T* gwe = g_w + (weight_row(a, es[j]) - a.w);
@@ -409,16 +510,17 @@ NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, in
   }
   contract_sh(a, a.sh, es, n, s, s.c.data());
   T* dots = s.dots.data();
-  for (int64_t j = 0; j < n; ++j)
-    edge_grads_edge<MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
-                         g_w + (weight_row(a, es[j]) - a.w));
-  // g_sh[e, col] = sum over the terms (pair by_b[m], col) of value * dots[m], vectorised over the edges.
+  for (int64_t j = 0; j < n; ++j) {
+    edge_grads_edge<VB, MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
+                             g_w + (weight_row(a, es[j]) - a.w));
+  }
+  // g_sh[e, col] = sum over the terms (pair q, col) of value * dots[pair_at[q]], vectorised over the edges.
   T* gsht = s.sht.data();
   for (int64_t f = 0; f < a.fs * n; ++f) gsht[f] = 0;
-  for (int64_t m = 0; m < np; ++m)
-    for (int64_t i = a.plan.pairs[a.by_b[m]].term_begin; i < a.plan.pairs[a.by_b[m]].term_end; ++i) {
+  for (int64_t q = 0; q < a.plan.n_pairs; ++q)
+    for (int64_t i = a.plan.pairs[q].term_begin; i < a.plan.pairs[q].term_end; ++i) {
       const T v = a.plan.values[i];
-      const T* dq = dots + m * n;
+      const T* dq = dots + a.pair_at[q] * n;
       T* gy = gsht + a.plan.terms[i].sh * n;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) gy[j] += v * dq[j];
@@ -427,101 +529,144 @@ NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, in
     for (int64_t f = 0; f < a.fs; ++f) g_sh[es[j] * a.fs + f] = gsht[f * n + j];
 }
 
-// Unpaired: the edges of row r (the CSR by receiver keeps g[r] in cache), each its own g_w row.
-template <int64_t MUL, typename T>
-NEQUIP_FAST_INLINE void edge_grads_row(const Rows<T>& a, int64_t r, const int64_t* receiver, BlockScratch<T>& s,
-                                       T* g_sh, T* g_w) {
-  edge_grads_block<MUL>(a, a.perm + a.ptr[r], a.ptr[r + 1] - a.ptr[r], receiver, s, g_sh, g_w);
-}
-
 // With pairs (weight_row): one task per weight row k, which owns edge k + P and, if k < P, edge k
 // too, and sums their g_w (no two tasks write one row); kPairBlock weight rows at a time.
 constexpr int64_t kPairBlock = 16;
-template <int64_t MUL, typename T>
-NEQUIP_FAST_INLINE void edge_grads_pair_block(const Rows<T>& a, int64_t k0, int64_t k1, const int64_t* receiver,
-                                              BlockScratch<T>& s, T* g_sh, T* g_w) {
-  int64_t es[2 * kPairBlock], n = 0;
-  for (int64_t k = k0; k < k1; ++k) {
-    if (k < a.pairs) es[n++] = k;
-    es[n++] = k + a.pairs;
-  }
-  edge_grads_block<MUL>(a, es, n, receiver, s, g_sh, g_w);
-}
 
-template <int64_t MUL, bool TWO, typename T>
+template <int VB, int64_t MUL, bool TWO, typename T>
 NEQUIP_FAST_INLINE void segment_rows_impl(const Rows<T>& a, int64_t begin, int64_t end, BlockScratch<T>& s, T* out) {
   for (int64_t r = begin; r < end; ++r) {
     T* orow = out + r * a.plan.b_features;
     for (int64_t f = 0; f < a.plan.b_features; ++f) orow[f] = 0;  // columns no path reaches
-    if (a.ptr[r] != a.ptr[r + 1]) segment_row<MUL, TWO>(a, r, s, orow);
+    if (a.ptr[r] != a.ptr[r + 1]) segment_row<VB, MUL, TWO>(a, r, s, orow);
   }
 }
 
-// One clone per ISA level, picked at load time (ifunc): AVX-512 (the whole suite has run on it on a
-// Zen 5), AVX2+FMA, baseline x86-64 otherwise, so the wheel stays portable without -march. The
-// tiles stay 32 bytes in every clone: 64-byte tiles measured 27% slower to 14% faster by kernel
-// on that Zen 5 (benchmarks/RESULTS.md).
-// -DNEQUIP_FAST_BASELINE_ONLY builds the baseline alone (tests/test_fused_ops.py checks that build).
+// Rows [begin, end) of the CSR by receiver, each edge its own g_w row (the CSR keeps g[r] in
+// cache); with pairs, weight rows [begin, end).
+template <int VB, int64_t MUL, typename T>
+NEQUIP_FAST_INLINE void edge_grads_impl(const Rows<T>& a, int64_t begin, int64_t end, const int64_t* receiver,
+                                        BlockScratch<T>& s, T* g_sh, T* g_w) {
+  if (a.pairs == 0) {
+    for (int64_t r = begin; r < end; ++r)
+      edge_grads_block<VB, MUL>(a, a.perm + a.ptr[r], a.ptr[r + 1] - a.ptr[r], receiver, s, g_sh, g_w);
+    return;
+  }
+  for (int64_t k0 = begin; k0 < end; k0 += kPairBlock) {
+    int64_t es[2 * kPairBlock], n = 0;
+    for (int64_t k = k0; k < std::min(end, k0 + kPairBlock); ++k) {
+      if (k < a.pairs) es[n++] = k;
+      es[n++] = k + a.pairs;
+    }
+    // the next block's weight rows (they stream from memory), while this one runs
+    const int64_t k1 = std::min(end, k0 + kPairBlock);
+    prefetch(a.w + k1 * a.fw, (std::min(end, k1 + kPairBlock) - k1) * a.fw);
+    edge_grads_block<VB, MUL>(a, es, n, receiver, s, g_sh, g_w);
+  }
+}
+
+// One version of the row functions per ISA level, picked once at run time: AVX-512 with 64-byte
+// vectors, AVX2+FMA with 32-byte ones, baseline x86-64 (SSE2) with 16-byte ones, so the wheel stays
+// portable without -march. -DNEQUIP_FAST_BASELINE_ONLY builds the
+// baseline alone (tests/test_fused_ops.py checks that build).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NEQUIP_FAST_BASELINE_ONLY)
-#define NEQUIP_FAST_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define NEQUIP_FAST_ISA_LEVELS 1
 #else
-#define NEQUIP_FAST_CLONES
+#define NEQUIP_FAST_ISA_LEVELS 0
 #endif
 
-#define NEQUIP_FAST_ROW_FUNCTIONS(T, MUL, SUFFIX)                                                      \
-  NEQUIP_FAST_CLONES void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,           \
-                                               BlockScratch<T>& s, T* out) {                            \
-    segment_rows_impl<MUL, false>(a, begin, end, s, out);                                              \
-  }                                                                                                    \
-  NEQUIP_FAST_CLONES void segment_rows2##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,          \
-                                                BlockScratch<T>& s, T* out) {                           \
-    segment_rows_impl<MUL, true>(a, begin, end, s, out);                                               \
-  }                                                                                                    \
-  NEQUIP_FAST_CLONES void edge_grads_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,        \
-                                                  const int64_t* receiver, BlockScratch<T>& s, T* g_sh, \
-                                                  T* g_w) {                                             \
-    for (int64_t r = begin; r < end; ++r) edge_grads_row<MUL>(a, r, receiver, s, g_sh, g_w);           \
-  }                                                                                                    \
-  NEQUIP_FAST_CLONES void edge_grads_pairs##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end,       \
-                                                   const int64_t* receiver, BlockScratch<T>& s, T* g_sh, \
-                                                   T* g_w) {                                            \
-    for (int64_t k = begin; k < end; k += kPairBlock)                                                  \
-      edge_grads_pair_block<MUL>(a, k, std::min(end, k + kPairBlock), receiver, s, g_sh, g_w);         \
+#define NEQUIP_FAST_ROW_FUNCTIONS(SUFFIX, TARGET, VB)                                                            \
+  template <int64_t MUL, bool TWO, typename T>                                                                 \
+  TARGET void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, BlockScratch<T>& s, T* out) { \
+    segment_rows_impl<VB, MUL, TWO>(a, begin, end, s, out);                                                     \
+  }                                                                                                            \
+  template <int64_t MUL, typename T>                                                                           \
+  TARGET void edge_grads##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, const int64_t* receiver,        \
+                                 BlockScratch<T>& s, T* g_sh, T* g_w) {                                        \
+    edge_grads_impl<VB, MUL>(a, begin, end, receiver, s, g_sh, g_w);                                           \
   }
-// NequIP's default 32 channels get unrolled kernels; any other channel counts the generic ones.
-NEQUIP_FAST_ROW_FUNCTIONS(float, 0, )
-NEQUIP_FAST_ROW_FUNCTIONS(double, 0, )
-NEQUIP_FAST_ROW_FUNCTIONS(float, 32, 32)
-NEQUIP_FAST_ROW_FUNCTIONS(double, 32, 32)
+NEQUIP_FAST_ROW_FUNCTIONS(_baseline, , 16)
+#if NEQUIP_FAST_ISA_LEVELS
+NEQUIP_FAST_ROW_FUNCTIONS(_x86_64_v3, __attribute__((target("arch=x86-64-v3"))), 32)
+NEQUIP_FAST_ROW_FUNCTIONS(_x86_64_v4, __attribute__((target("arch=x86-64-v4"))), 64)
+#endif
 
-// The kernels' operands; `order` holds the pairs by b component that the rows point into.
+// 4: x86-64-v4 (AVX-512 F, VL, BW, DQ, CD), 3: x86-64-v3 (AVX2, FMA, BMI, ...), 0: the baseline.
+// NEQUIP_FAST_CPU_LEVEL caps it (tests run the lower versions on a machine with the higher ones).
+int isa_level() {
+  static const int level = [] {
+    int cap = 4;
+    if (const char* env = std::getenv("NEQUIP_FAST_CPU_LEVEL")) cap = std::atoi(env);
+#if NEQUIP_FAST_ISA_LEVELS
+    __builtin_cpu_init();
+    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("movbe") &&
+                    __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("sse4.2");
+    const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                    __builtin_cpu_supports("avx512cd");
+    return std::min(cap, v4 ? 4 : v3 ? 3 : 0);
+#else
+    (void)cap;
+    return 0;
+#endif
+  }();
+  return level;
+}
+
+// The row functions of this CPU's ISA level, with the channel count fixed at 32 (NequIP's default:
+// unrolled kernels) or read from the plan.
+template <typename T, bool TWO>
+void segment_rows(const Rows<T>& a, int64_t begin, int64_t end, BlockScratch<T>& s, T* out) {
+  const bool mul32 = a.plan.uniform_mul == 32;
+#if NEQUIP_FAST_ISA_LEVELS
+  if (isa_level() >= 4)
+    return mul32 ? segment_rows_x86_64_v4<32, TWO>(a, begin, end, s, out)
+                 : segment_rows_x86_64_v4<0, TWO>(a, begin, end, s, out);
+  if (isa_level() >= 3)
+    return mul32 ? segment_rows_x86_64_v3<32, TWO>(a, begin, end, s, out)
+                 : segment_rows_x86_64_v3<0, TWO>(a, begin, end, s, out);
+#endif
+  return mul32 ? segment_rows_baseline<32, TWO>(a, begin, end, s, out)
+               : segment_rows_baseline<0, TWO>(a, begin, end, s, out);
+}
+
+template <typename T>
+void edge_grads_rows(const Rows<T>& a, int64_t begin, int64_t end, const int64_t* receiver, BlockScratch<T>& s,
+                     T* g_sh, T* g_w) {
+  const bool mul32 = a.plan.uniform_mul == 32;
+#if NEQUIP_FAST_ISA_LEVELS
+  if (isa_level() >= 4)
+    return mul32 ? edge_grads_x86_64_v4<32>(a, begin, end, receiver, s, g_sh, g_w)
+                 : edge_grads_x86_64_v4<0>(a, begin, end, receiver, s, g_sh, g_w);
+  if (isa_level() >= 3)
+    return mul32 ? edge_grads_x86_64_v3<32>(a, begin, end, receiver, s, g_sh, g_w)
+                 : edge_grads_x86_64_v3<0>(a, begin, end, receiver, s, g_sh, g_w);
+#endif
+  return mul32 ? edge_grads_baseline<32>(a, begin, end, receiver, s, g_sh, g_w)
+               : edge_grads_baseline<0>(a, begin, end, receiver, s, g_sh, g_w);
+}
+
+// The kernels' operands; `order` holds the dense pair indices that the rows point into.
 template <typename T>
 Rows<T> make_rows(const PlanView<T>& plan, const at::Tensor& xt, const at::Tensor& sh, const at::Tensor& w,
-                  const int64_t* ptr, const int64_t* perm, const int64_t* col,
-                  PairOrder& order) {
-  int64_t kptr_size = 0;
-  for (int32_t pi = 0; pi < plan.n_paths; ++pi)
-    kptr_size = std::max<int64_t>(kptr_size, plan.paths[pi].kptr + plan.paths[pi].b_dim + 1);
-  pairs_by_b(plan, kptr_size, order);
+                  const int64_t* ptr, int64_t rows, const int64_t* perm, const int64_t* col, DenseOrder& order) {
+  dense_order(plan, order);
   return Rows<T>{plan, xt.data_ptr<T>(), xt.size(1), nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(),
-                 w.size(1), sh.size(0) - w.size(0), ptr, perm, col, order.b_ptr.data(), order.by_b.data(),
-                 order.a_at.data()};
+                 w.size(1), sh.size(0) - w.size(0), ptr, rows, perm, col, order.c_off.data(), order.pair_at.data(),
+                 order.n_dense};
 }
 
 template <typename T>
 void segment_conv_kernel(const Rows<T>& rows, at::Tensor& out) {
   T* o = out.data_ptr<T>();
-  const bool mul32 = rows.plan.uniform_mul == 32, two = rows.sh2 != nullptr;
   at::parallel_for(0, out.size(0), kRowGrain, [&](int64_t begin, int64_t end) {
     BlockScratch<T> scratch;
-    if (two && mul32)
-      segment_rows232(rows, begin, end, scratch, o);
-    else if (two)
-      segment_rows2(rows, begin, end, scratch, o);
-    else if (mul32)
-      segment_rows32(rows, begin, end, scratch, o);
+    if (rows.sh2 != nullptr)
+      segment_rows<T, true>(rows, begin, end, scratch, o);
     else
-      segment_rows(rows, begin, end, scratch, o);
+      segment_rows<T, false>(rows, begin, end, scratch, o);
   });
 }
 
@@ -530,23 +675,11 @@ void edge_grads_kernel(const Rows<T>& rows, const int64_t* receiver, int64_t num
                        at::Tensor& g_w) {
   T* gy = g_sh.data_ptr<T>();
   T* gw = g_w.data_ptr<T>();
-  const bool mul32 = rows.plan.uniform_mul == 32;
-  if (rows.pairs > 0) {  // one task per weight row
-    at::parallel_for(0, g_sh.size(0) - rows.pairs, kRowGrain * 16, [&](int64_t begin, int64_t end) {
-      BlockScratch<T> scratch;
-      if (mul32)
-        edge_grads_pairs32(rows, begin, end, receiver, scratch, gy, gw);
-      else
-        edge_grads_pairs(rows, begin, end, receiver, scratch, gy, gw);
-    });
-    return;
-  }
-  at::parallel_for(0, num_rows, kRowGrain, [&](int64_t begin, int64_t end) {
+  // with pairs, one task per weight row
+  const int64_t tasks = rows.pairs > 0 ? g_sh.size(0) - rows.pairs : num_rows;
+  at::parallel_for(0, tasks, rows.pairs > 0 ? kRowGrain * 16 : kRowGrain, [&](int64_t begin, int64_t end) {
     BlockScratch<T> scratch;
-    if (mul32)
-      edge_grads_rows32(rows, begin, end, receiver, scratch, gy, gw);
-    else
-      edge_grads_rows(rows, begin, end, receiver, scratch, gy, gw);
+    edge_grads_rows(rows, begin, end, receiver, scratch, gy, gw);
   });
 }
 
@@ -571,8 +704,8 @@ at::Tensor segment_conv_impl(const at::Tensor& x, const at::Tensor& sh, const at
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
     const at::Tensor sh2c = sh2 ? sh2->contiguous() : at::Tensor(), w2c = sh2 ? weight2->contiguous() : at::Tensor();
-    PairOrder order;
-    Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[d].data_ptr<int64_t>(), pm[d].data_ptr<int64_t>(),
+    DenseOrder order;
+    Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[d].data_ptr<int64_t>(), p.size(1) - 1, pm[d].data_ptr<int64_t>(),
                                               ei[1 - d].data_ptr<int64_t>(), order);
     if (sh2 != nullptr) rows.sh2 = sh2c.data_ptr<scalar_t>(), rows.w2 = w2c.data_ptr<scalar_t>();
     segment_conv_kernel<scalar_t>(rows, out);
@@ -607,8 +740,8 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at:
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor gt = to_ir_mul<scalar_t>(g.contiguous(), view.groups, view.n_groups);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
-    PairOrder order;
-    Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[0].data_ptr<int64_t>(), pm[0].data_ptr<int64_t>(),
+    DenseOrder order;
+    Rows<scalar_t> rows = make_rows<scalar_t>(view, xt, shc, wc, p[0].data_ptr<int64_t>(), p.size(1) - 1, pm[0].data_ptr<int64_t>(),
                                               ei[1].data_ptr<int64_t>(), order);
     rows.g = gt.data_ptr<scalar_t>();
     rows.fb = gt.size(1);

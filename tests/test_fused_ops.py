@@ -20,12 +20,14 @@ from nequip_fast.ops.plan import ConvPlan, lower
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 ALL_TARGETS = "0e+0o+1e+1o+2e+2o+3e+3o"
-CASES = {  # irreps_in, l_max of the spherical harmonics, parity
+CASES = {  # irreps_in, l_max of the spherical harmonics, parity[, output irreps (default ALL_TARGETS)]
     "mul1-l1": ("1x0e+1x1o", 1, True),
     "mul3-l3": ("3x0e+3x1o+3x2e+3x3o", 3, True),
     "mul16-l2-noparity": ("16x0e+16x1e+16x2e", 2, False),
     "mul32-l1": ("32x0e+32x1o", 1, True),
     "mixed-l3": ("5x0e+2x0o+3x1o+4x1e+2x2e+1x3o", 3, True),
+    # irreps of dimension 9 and 11: the CPU kernels' path for more than 7 components
+    "mul2-l5": ("2x0e+2x1o+2x4e", 1, True, "0e+1o+3o+4e+5o"),
 }
 
 
@@ -41,9 +43,9 @@ def default_dtype(dtype):
 
 
 def descriptor(case):
-    irreps_in, l_max, parity = CASES[case]
+    irreps_in, l_max, parity, *targets = CASES[case]
     irreps_sh = o3.Irreps.spherical_harmonics(l_max, p=-1 if parity else 1)
-    return ConvDescriptor.nequip(irreps_in, irreps_sh, ALL_TARGETS)
+    return ConvDescriptor.nequip(irreps_in, irreps_sh, targets[0] if targets else ALL_TARGETS)
 
 
 def random_graph(num_nodes, num_edges, seed):
@@ -349,5 +351,23 @@ def test_cpu_kernels_at_baseline_isa_without_shuffles(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout, proc.stdout[-2000:]
     (library,) = tmp_path.rglob("*.so")  # built with the flags (they are part of the cache key) ...
-    # ... so the kernels have no per-ISA versions there (the default build has *.arch_x86_64_v4 ones)
-    assert not re.search(rb"(segment_rows|silu_f32)[^\x00]*\.arch_x86_64_v", library.read_bytes())
+    # ... so the kernels have no per-ISA versions there (the default build has segment_rows_x86_64_v4
+    # and silu_f32*.arch_x86_64_v4 ones)
+    assert not re.search(rb"(segment_rows|silu_f32)[^\x00]*(_|\.arch_)x86_64_v", library.read_bytes())
+
+
+@pytest.mark.parametrize("level", [3, 0])
+def test_cpu_kernels_at_lower_isa_levels(level):
+    """The conv kernels' AVX2 (x86-64-v3, 32-byte vectors) and baseline (SSE2, 16-byte vectors)
+    versions, which this machine would not pick, capped by NEQUIP_FAST_CPU_LEVEL: the CPU reference
+    comparisons of this file must pass with them too, in a subprocess (the level is read once)."""
+    try:
+        load_backend("cpu")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    env = dict(os.environ, NEQUIP_FAST_CPU_LEVEL=str(level))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
+                           "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2"],
+                          env=env, capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout, proc.stdout[-2000:]
