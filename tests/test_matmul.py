@@ -56,18 +56,41 @@ def test_first_and_second_derivatives_equal_float64(onednn):
 
 
 def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
-    """autograd.grad(E, x) asks for x only: the backward must not spend a product on the weight's."""
-    calls = []
-    real = mm.matmul
-    monkeypatch.setattr(mm, "matmul", lambda x, a: calls.append((tuple(x.shape), tuple(a.shape))) or real(x, a))
+    """autograd.grad(E, x) asks for x only: the backward must not spend a product on the weight's,
+    and without a graph its product is MKL's (no oneDNN primitive for the backward's shapes)."""
+    calls, onednn_calls = [], []
+    real, real_mkl, real_linear = mm.matmul, mm._mkl, mm._linear
+
+    def record(kind, fn):
+        return lambda x, a: calls.append((kind, tuple(x.shape), tuple(a.shape))) or fn(x, a)
+
+    monkeypatch.setattr(mm, "matmul", record("matmul", real))
+    monkeypatch.setattr(mm, "_mkl", record("mkl", real_mkl))
+    monkeypatch.setattr(mm, "_linear", lambda x, a: onednn_calls.append(tuple(x.shape)) or real_linear(x, a))
     x, a = _operands()
     xf, af = x.float().requires_grad_(), a.float().requires_grad_()
     y = real(xf, af * 2.0)
-    torch.autograd.grad(y.sum(), xf)
-    assert calls == [((37, 19), (19, 24))]
+    (gx,) = torch.autograd.grad(y.sum(), xf)
+    assert calls == [("mkl", (37, 19), (19, 24))] and onednn_calls == [(37, 24)]
+    torch.testing.assert_close(gx, torch.ones(37, 19) @ (af * 2.0).t())
     calls.clear()
     real(xf, af * 2.0).sum().backward()
-    assert sorted(calls) == sorted([((37, 19), (19, 24)), ((24, 37), (37, 19))])
+    assert sorted(calls) == sorted([("mkl", (37, 19), (19, 24)), ("mkl", (24, 37), (37, 19))])
+    calls.clear(), onednn_calls.clear()
+    y = real(xf, af * 2.0)
+    torch.autograd.grad(y.pow(2).sum(), xf, create_graph=True)  # a force loss: the backward is matmul again
+    assert calls == [("matmul", (37, 19), (19, 24))] and onednn_calls == [(37, 24), (37, 19)]
+
+
+def test_saves_only_what_the_backward_needs(onednn):
+    """As torch's mm: x is kept for the weight's gradient only, the weight for x's only."""
+    x, a = _operands()
+    xf, af = x.float(), a.float()
+    for needs, saved in (((True, False), (False, True)), ((False, True), (True, False)), ((True, True), (True, True))):
+        y = mm.matmul(xf.clone().requires_grad_(needs[0]), af.clone().requires_grad_(needs[1]))
+        assert type(y.grad_fn).__name__ == "_OneDNNMatmulBackward"
+        kept = tuple(t is not None for t in y.grad_fn.saved_tensors)
+        assert kept == saved, (needs, kept)
 
 
 def test_forward_mode_and_transforms_use_torch(onednn):

@@ -6,12 +6,12 @@ e3nn computes the epilogue with three modules: ``o3.Linear`` (an einsum per path
 self-connection) and ``Gate`` (split, activations, an elementwise tensor product, cat), each a pass
 over the node features with its own autograd nodes. Both maps are linear in their inputs, so for
 one irrep the convolution output and the features times the one-hot are row blocks of one matrix
-product, accumulated into one output per irrep (``ops.matmul``: oneDNN on CPU); the gate then reads
-pieces of it. The weights stay the e3nn modules' (same state-dict keys, same upstream weight
+product, accumulated into one output per irrep (torch's ``@``: MKL on CPU; oneDNN, ``ops.matmul``,
+gained ~1% of an E+F call on these node-level products and cost a cached primitive per shape, ~0.5
+MiB each, made mid-call: benchmarks/RESULTS.md, issue 14 memory); the gate then reads pieces of it. The weights stay the e3nn modules' (same state-dict keys, same upstream weight
 transfer); they are assembled into the per-irrep matrices on every call (a few small ops on
 parameters of a few kB), so training sees the same parameters and export folds them. Pure torch: autograd gives the
-backward and the double backward (``ops.matmul`` is its own backward), and torch.export
-understands it (traced, ``ops.matmul`` is torch's ``@``).
+backward and the double backward, and torch.export understands it.
 """
 import math
 from typing import Callable, NamedTuple, Optional
@@ -20,7 +20,6 @@ import torch
 from e3nn import o3
 from e3nn.nn import Gate
 
-from ..ops.matmul import matmul
 
 
 class _Block(NamedTuple):
@@ -129,7 +128,7 @@ def _products(groups: tuple[_Group, ...], hs: tuple[torch.Tensor, ...], xs: tupl
         y = None
         for part, w in zip(parts, _row_weights(group, weights)):
             a = part.transpose(1, 2).reshape(n * d, part.shape[1])
-            y = matmul(a, w) if y is None else y + matmul(a, w)
+            y = a @ w if y is None else y + a @ w
         y = hs[0].new_zeros(n * d, group.cols) if y is None else y
         y = y.view(n, d, group.cols)
         # no split into one piece: export re-traces the backward's cat of it with other strides

@@ -1,11 +1,16 @@
-"""``matmul(x, a)``: the model's dense products (radial MLP, layer linears) through oneDNN on CPU.
+"""``matmul(x, a)``: the model's large dense products (the radial MLP's) through oneDNN on CPU.
 
 torch's CPU ``mm`` calls MKL's sgemm, which on AMD CPUs runs at about half of what the cores can do:
 on a Zen 5 EPYC (2 threads), 205-210 GFLOP/s for the radial MLP's (edges x 64) @ (64 x 64 | 160)
 against 350-480 GFLOP/s through oneDNN, which torch ships too (benchmarks/RESULTS.md). The same
-products, the same float32 rounding class (sums in another order), every derivative level: the
-backward is made of the same ``matmul``, so double backward (training on forces) takes the fast path
-as well.
+products, the same float32 rounding class (sums in another order). With a graph (training on
+forces) the backward is made of the same ``matmul``, so the double backward takes the fast path as
+well; without one (forces in inference) it is MKL's.
+
+Memory: oneDNN caches a primitive per product shape (rows included), about 0.5 MiB each, made on
+the first call with that shape, amid the call's tensors; 34 shapes of an l_max 2 E+F call (most of
+them the layers' small node-level products) raised its peak resident set by ~45 MiB. So only the
+products that gain use it: the radial MLP's forward (the layer epilogues use torch's ``@``).
 
 oneDNN is used for float32 CPU tensors in eager mode where torch was built with it; torch's ``@``
 otherwise: float64 (oneDNN has none), other devices, and while a model is traced or transformed
@@ -75,14 +80,25 @@ class _OneDNNMatmul(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        x, a = inputs  # as torch's mm: x only for a's gradient, a only for x's
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, a if ctx.needs_input_grad[0] else None)
 
     @staticmethod
     def backward(ctx, grad):
         x, a = ctx.saved_tensors
-        grad_x = matmul(grad, a.t()) if _wanted(ctx, 0) else None
-        grad_a = matmul(x.t(), grad) if _wanted(ctx, 1) else None
+        # Without a graph (forces in inference) the products are MKL's: there oneDNN gained nothing
+        # (the radial MLP's backward took 18-20 ms either way) and each of its shapes was one more
+        # primitive in oneDNN's cache, whose ~0.5 MiB apiece, made mid-call, raised the E+F peak
+        # (benchmarks/RESULTS.md, issue 14 memory). With a graph (training on forces) they are ``matmul``
+        # again, so that the double backward has this backward's backward.
+        product = matmul if torch.is_grad_enabled() else _mkl
+        grad_x = product(grad, a.t()) if _wanted(ctx, 0) else None
+        grad_a = product(x.t(), grad) if _wanted(ctx, 1) else None
         return grad_x, grad_a
+
+
+def _mkl(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return x @ a
 
 
 def _wanted(ctx, i: int) -> bool:
