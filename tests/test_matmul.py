@@ -101,3 +101,23 @@ def test_forward_mode_and_transforms_use_torch(onednn):
     y, ty = torch.func.jvp(lambda x: mm.matmul(x, af), (xf,), (tx,))
     torch.testing.assert_close(ty, tx @ af)
     torch.testing.assert_close(y, xf @ af)
+
+
+@pytest.mark.parametrize("use_onednn", [True, False])
+def test_constant_weights_keeps_no_x_and_gives_the_same_input_gradient(onednn, use_onednn):
+    """Forces without a graph: the weight is taken as a constant, so x is not kept for its gradient."""
+    mm.enable_onednn(use_onednn)
+    x, a = _operands()
+    xf, af = x.float().requires_grad_(), a.float().requires_grad_()
+    y_ref = mm.matmul(xf, af * 2.0)
+    (g_ref,) = torch.autograd.grad(y_ref.pow(2).sum(), xf)
+    with mm.constant_weights():
+        y = mm.matmul(xf, af * 2.0)
+    assert not y.grad_fn.next_functions[1][0]  # the weight is outside the graph
+    if use_onednn:
+        assert [t is None for t in y.grad_fn.saved_tensors] == [True, False]
+    else:
+        assert type(y.grad_fn).__name__ == "MmBackward0" and y.grad_fn._saved_self is None
+    (g,) = torch.autograd.grad(y.pow(2).sum(), xf)
+    assert torch.equal(y, y_ref) and torch.equal(g, g_ref)
+    assert mm.matmul(xf, af * 2.0).grad_fn.next_functions[1][0] is not None  # off again outside

@@ -11,6 +11,7 @@ import torch
 
 from ..data.graph import AtomicGraph
 from .config import ModelConfig
+from ..ops.matmul import constant_weights
 from .geometry import edge_forces, edge_vectors, edge_virials
 from .nequip import NequIPEnergy
 
@@ -42,7 +43,9 @@ class Potential(torch.nn.Module):
             vec = edge_vectors(graph.pos, graph.cell, graph.batch, graph.edge_index, graph.edge_shift, self.dtype)
             if not vec.requires_grad:
                 vec.requires_grad_(True)
-            atomic = self.energy_model(graph.species, graph.edge_index, vec, graph.row_edges())
+            # forces without a graph: autograd.grad below frees it, no parameter gradient can follow
+            with constant_weights((forces or stress) and not create_graph):
+                atomic = self.energy_model(graph.species, graph.edge_index, vec, graph.row_edges())
             energy = torch.zeros(graph.num_graphs, dtype=atomic.dtype, device=atomic.device)
             energy = energy.index_add(0, graph.batch, atomic)
             if not (forces or stress):

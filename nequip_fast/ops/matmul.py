@@ -19,24 +19,44 @@ it off in this process (A/B measurements, tests).
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import threading
+from typing import Iterator, Optional
 
 import torch
 
 from .eager import traced_or_transformed
 
 _enabled: Optional[bool] = None  # None: not decided yet (the first float32 CPU call probes oneDNN)
+_local = threading.local()  # .constant_weights: inside ``constant_weights()`` on this thread
 
 
 def matmul(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``x @ a`` for 2-d ``x`` (m, k) and ``a`` (k, n). oneDNN only for a row-major ``x``: given the
     transposed operand of a weight gradient (``x.t() @ grad``, a long reduction) it reorders it first
     and ran up to 30x slower than MKL, which reads the transpose in place."""
+    if getattr(_local, "constant_weights", False) and a.requires_grad and not traced_or_transformed():
+        a = a.detach()
     if (x.dtype == torch.float32 and a.dtype == torch.float32 and x.device.type == "cpu" and a.device.type == "cpu"
             and x.dim() == 2 and a.dim() == 2 and x.numel() > 0 and a.numel() > 0 and x.is_contiguous()
             and not traced_or_transformed() and _available()):
         return _OneDNNMatmul.apply(x, a)
     return x @ a
+
+
+@contextlib.contextmanager
+def constant_weights(active: bool = True) -> Iterator[None]:
+    """Within (on this thread): ``matmul`` takes its second operand as a constant, so its backward
+    keeps no x (which only the weight's gradient reads). For calls whose graph only ever gives the
+    gradient of the inputs: forces without ``create_graph``, where ``autograd.grad(E, positions)``
+    frees the graph, so no parameter gradient can be asked for afterwards. In the radial MLP the x's
+    are the SiLUs' outputs (edges x 64 each): 2 per layer that the forces' backward no longer keeps."""
+    before = getattr(_local, "constant_weights", False)
+    _local.constant_weights = active
+    try:
+        yield
+    finally:
+        _local.constant_weights = before
 
 
 def enable_onednn(enabled: bool) -> bool:
