@@ -7,9 +7,10 @@ self-connection) and ``Gate`` (split, activations, an elementwise tensor product
 over the node features with its own autograd nodes. Both maps are linear in their inputs, so for
 one irrep the convolution output and the features times the one-hot are row blocks of one matrix
 product, accumulated into one output per irrep (torch's ``@``: MKL on CPU; oneDNN, ``ops.matmul``,
-gained ~1% of an E+F call on these node-level products and cost a cached primitive per shape, ~0.5
-MiB each, made mid-call: benchmarks/RESULTS.md, issue 14 memory); the gate then reads pieces of it. The weights stay the e3nn modules' (same state-dict keys, same upstream weight
-transfer); they are assembled into the per-irrep matrices on every call (a few small ops on
+gained 1-2% of an E+F call (within the noise) on these node-level products and cost a cached
+primitive per shape, ~0.5 MiB each, made mid-call: benchmarks/RESULTS.md, issue 14 memory); the
+gate then reads pieces of it. The weights stay the e3nn modules' (same state-dict keys, same
+upstream weight transfer); they are assembled into the per-irrep matrices on every call (a few small ops on
 parameters of a few kB), so training sees the same parameters and export folds them. Pure torch: autograd gives the
 backward and the double backward, and torch.export understands it.
 """
