@@ -71,7 +71,7 @@ def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
     xf, af = x.float().requires_grad_(), a.float().requires_grad_()
     y = real(xf, af * 2.0)
     (gx,) = torch.autograd.grad(y.sum(), xf)
-    assert calls == [("mkl", (37, 19), (19, 24))] and onednn_calls == [(37, 24)]
+    assert calls == [("mkl", (37, 19), (19, 24))] and onednn_calls == [(mm.row_bucket(37), 24)]  # padded rows
     torch.testing.assert_close(gx, torch.ones(37, 19) @ (af * 2.0).t())
     calls.clear()
     real(xf, af * 2.0).sum().backward()
@@ -79,7 +79,7 @@ def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
     calls.clear(), onednn_calls.clear()
     y = real(xf, af * 2.0)
     torch.autograd.grad(y.pow(2).sum(), xf, create_graph=True)  # a force loss: the backward is matmul again
-    assert calls == [("matmul", (37, 19), (19, 24))] and onednn_calls == [(37, 24), (37, 19)]
+    assert calls == [("matmul", (37, 19), (19, 24))] and onednn_calls == [(mm.row_bucket(37), 24), (mm.row_bucket(37), 19)]
 
 
 def test_saves_only_what_the_backward_needs(onednn):
@@ -121,3 +121,19 @@ def test_constant_weights_keeps_no_x_and_gives_the_same_input_gradient(onednn, u
     (g,) = torch.autograd.grad(y.pow(2).sum(), xf)
     assert torch.equal(y, y_ref) and torch.equal(g, g_ref)
     assert mm.matmul(xf, af * 2.0).grad_fn.next_functions[1][0] is not None  # off again outside
+
+
+def test_row_counts_fall_into_few_shapes():
+    """oneDNN makes (and keeps) a primitive per shape: the radial MLP's rows, which change with every
+    MD step and batch, are rounded up to at most 1/16 more, so that nearby counts share a shape."""
+    assert all(m <= mm.row_bucket(m) <= m + max(1, m // 16) for m in range(1, 5000))
+    assert len({mm.row_bucket(m) for m in range(20000, 24000)}) <= 5
+    assert mm.row_bucket(21504) == 21504
+
+
+def test_padded_rows_are_cut_off(onednn):
+    x, a = _operands(m=1000 + 3, k=64, n=32)
+    assert mm.row_bucket(x.shape[0]) > x.shape[0]  # the padded path
+    y = mm.matmul(x.float(), a.float())
+    assert y.shape == (1003, 32) and y.is_contiguous()
+    torch.testing.assert_close(y.double(), x @ a, rtol=1e-5, atol=1e-5)
