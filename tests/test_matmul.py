@@ -56,30 +56,24 @@ def test_first_and_second_derivatives_equal_float64(onednn):
 
 
 def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
-    """autograd.grad(E, x) asks for x only: the backward must not spend a product on the weight's,
-    and without a graph its product is MKL's (no oneDNN primitive for the backward's shapes)."""
+    """autograd.grad(E, x) asks for x only: the backward must not spend a product on the weight's;
+    its products are ``matmul`` again (with a graph, so that the double backward has them too)."""
     calls, onednn_calls = [], []
-    real, real_mkl, real_linear = mm.matmul, mm._mkl, mm._linear
-
-    def record(kind, fn):
-        return lambda x, a: calls.append((kind, tuple(x.shape), tuple(a.shape))) or fn(x, a)
-
-    monkeypatch.setattr(mm, "matmul", record("matmul", real))
-    monkeypatch.setattr(mm, "_mkl", record("mkl", real_mkl))
+    real, real_linear = mm.matmul, mm._linear
+    monkeypatch.setattr(mm, "matmul", lambda x, a: calls.append((tuple(x.shape), tuple(a.shape))) or real(x, a))
     monkeypatch.setattr(mm, "_linear", lambda x, a: onednn_calls.append(tuple(x.shape)) or real_linear(x, a))
     x, a = _operands()
     xf, af = x.float().requires_grad_(), a.float().requires_grad_()
-    y = real(xf, af * 2.0)
-    (gx,) = torch.autograd.grad(y.sum(), xf)
-    assert calls == [("mkl", (37, 19), (19, 24))] and onednn_calls == [(mm.row_bucket(37), 24)]  # padded rows
-    torch.testing.assert_close(gx, torch.ones(37, 19) @ (af * 2.0).t())
+    rows = mm.row_bucket(37)  # oneDNN's products run on padded rows
+    for create_graph in (False, True):  # forces in inference; a force loss
+        calls.clear(), onednn_calls.clear()
+        y = real(xf, af * 2.0)
+        (gx,) = torch.autograd.grad(y.pow(2).sum(), xf, create_graph=create_graph)  # a contiguous cotangent
+        assert calls == [((37, 19), (19, 24))] and onednn_calls == [(rows, 24), (rows, 19)]
+    torch.testing.assert_close(gx, (2 * y) @ (af * 2.0).t())
     calls.clear()
-    real(xf, af * 2.0).sum().backward()
-    assert sorted(calls) == sorted([("mkl", (37, 19), (19, 24)), ("mkl", (24, 37), (37, 19))])
-    calls.clear(), onednn_calls.clear()
-    y = real(xf, af * 2.0)
-    torch.autograd.grad(y.pow(2).sum(), xf, create_graph=True)  # a force loss: the backward is matmul again
-    assert calls == [("matmul", (37, 19), (19, 24))] and onednn_calls == [(mm.row_bucket(37), 24), (mm.row_bucket(37), 19)]
+    real(xf, af * 2.0).sum().backward()  # both gradients; x.t() goes to MKL inside matmul
+    assert sorted(calls) == sorted([((37, 19), (19, 24)), ((24, 37), (37, 19))])
 
 
 def test_saves_only_what_the_backward_needs(onednn):

@@ -3,14 +3,14 @@
 torch's CPU ``mm`` calls MKL's sgemm, which on AMD CPUs runs at about half of what the cores can do:
 on a Zen 5 EPYC (2 threads), 205-210 GFLOP/s for the radial MLP's (edges x 64) @ (64 x 64 | 160)
 against 350-480 GFLOP/s through oneDNN, which torch ships too (benchmarks/RESULTS.md). The same
-products, the same float32 rounding class (sums in another order). With a graph (training on
-forces) the backward is made of the same ``matmul``, so the double backward takes the fast path as
-well; without one (forces in inference) it is MKL's.
+products, the same float32 rounding class (sums in another order). The backward is made of the same
+``matmul``, so the double backward (training on forces) takes the fast path as well.
 
-Memory: oneDNN caches a primitive per product shape (rows included), about 0.5 MiB each, made on
-the first call with that shape, amid the call's tensors; 34 shapes of an l_max 2 E+F call (most of
-them the layers' small node-level products) raised its peak resident set by ~45 MiB. So only the
-products that gain use it: the radial MLP's forward (the layer epilogues use torch's ``@``).
+Memory and time per shape: oneDNN makes a primitive per product shape (rows included) on its first
+call, ~2 ms, and keeps it, ~0.5 MiB, made amid the call's tensors; 34 shapes of an l_max 2 E+F call
+(most of them the layers' small node-level products) raised its peak resident set by ~45 MiB. So
+only the products that gain use it, the radial MLP's (the layer epilogues use torch's ``@``), and on
+bucketed row counts (``row_bucket``), since the edge count changes with every MD step and batch.
 
 oneDNN is used for float32 CPU tensors in eager mode where torch was built with it; torch's ``@``
 otherwise: float64 (oneDNN has none), other devices, and while a model is traced or transformed
@@ -128,19 +128,13 @@ class _OneDNNMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, a = ctx.saved_tensors
-        # Without a graph (forces in inference) the products are MKL's: there oneDNN gained nothing
-        # (the radial MLP's backward took 18-20 ms either way) and each of its shapes was one more
-        # primitive in oneDNN's cache, whose ~0.5 MiB apiece, made mid-call, raised the E+F peak
-        # (benchmarks/RESULTS.md, issue 14 memory). With a graph (training on forces) they are ``matmul``
-        # again, so that the double backward has this backward's backward.
-        product = matmul if torch.is_grad_enabled() else _mkl
-        grad_x = product(grad, a.t()) if _wanted(ctx, 0) else None
-        grad_a = product(x.t(), grad) if _wanted(ctx, 1) else None
+        # ``matmul`` again, so that a graph (training on forces) has this backward's backward. Without a
+        # graph (forces in inference) MKL's products cost 7% of an l_max 1 E+F call at 1 thread and
+        # oneDNN's primitives for the backward's shapes ~20 MiB of its peak (benchmarks/RESULTS.md,
+        # issue 14): oneDNN, within the peak that the products had before it.
+        grad_x = matmul(grad, a.t()) if _wanted(ctx, 0) else None
+        grad_a = matmul(x.t(), grad) if _wanted(ctx, 1) else None
         return grad_x, grad_a
-
-
-def _mkl(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    return x @ a
 
 
 def _wanted(ctx, i: int) -> bool:
