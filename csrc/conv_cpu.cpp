@@ -157,17 +157,6 @@ struct Tile {
     for (int i = 1; i < NV; ++i) s += v[i];
     return s;
   }
-  NEQUIP_FAST_INLINE T sum() const { return half_sum<L>(vector_sum()); }  // all channels
-  template <int N>
-  NEQUIP_FAST_INLINE static T half_sum(const typename Lanes<T, N>::type& s) {
-    if constexpr (N == 1) {
-      return s[0];
-    } else {
-      using H = typename Lanes<T, N / 2>::unaligned;
-      const T* lanes = reinterpret_cast<const T*>(&s);
-      return half_sum<N / 2>(*reinterpret_cast<const H*>(lanes) + *reinterpret_cast<const H*>(lanes + N / 2));
-    }
-  }
 };
 
 constexpr int lanes_of(size_t item) { return int(32 / item); }
@@ -285,10 +274,7 @@ NEQUIP_FAST_INLINE void for_tiles(int64_t mul, F&& f) {
     static_assert(MUL % LANES == 0, "a fixed channel count is a whole number of vectors");
     constexpr int kVectors = int(MUL / LANES), kNV = kVectors < MAX_NV ? kVectors : MAX_NV;
     static_assert(kVectors % kNV == 0, "tiles cover the channels");
-    if constexpr (kNV == kVectors)
-      f.template operator()<LANES, kNV>(int64_t(0));
-    else
-      for (int64_t u0 = 0; u0 < MUL; u0 += kNV * LANES) f.template operator()<LANES, kNV>(u0);
+    for (int64_t u0 = 0; u0 < MUL; u0 += kNV * LANES) f.template operator()<LANES, kNV>(u0);
   } else if (mul % LANES == 0) {
     for (int64_t u0 = 0; u0 < mul; u0 += LANES) f.template operator()<LANES, 1>(u0);
   } else {
@@ -302,6 +288,20 @@ template <int VB>
 constexpr int tile_vectors(int live) {
   constexpr int kRegisters = VB == 64 ? 32 : 16;
   return kRegisters / live >= 4 ? 4 : kRegisters / live >= 2 ? 2 : 1;
+}
+
+// Calls f.template operator()<KB>(k0) for chunks [k0, k0 + KB) covering `dim` components: one
+// chunk, its size fixed at compile time, for l <= 3 (dim 1, 3, 5, 7); single components beyond.
+template <typename F>
+NEQUIP_FAST_INLINE void for_components(int64_t dim, F&& f) {
+  switch (dim) {
+    case 1: f.template operator()<1>(int64_t(0)); break;
+    case 3: f.template operator()<3>(int64_t(0)); break;
+    case 5: f.template operator()<5>(int64_t(0)); break;
+    case 7: f.template operator()<7>(int64_t(0)); break;
+    default:
+      for (int64_t k0 = 0; k0 < dim; ++k0) f.template operator()<1>(k0);
+  }
 }
 
 // Edges per block of a row: their x and w rows stay in L1 while every output tile passes over them.
@@ -378,20 +378,14 @@ NEQUIP_FAST_INLINE void segment_group(const Rows<T>& a, const PlanGroup& b, int6
   });
 }
 
-// Every output group over one edge block (segment_group, the group's components at compile time for
-// l <= 3, one at a time beyond).
+// Every output group over one edge block.
 template <int VB, int64_t MUL, typename T>
 NEQUIP_FAST_INLINE void segment_groups(const Rows<T>& a, const EdgeBlock<T>& blk, T* accs, T* orow) {
   for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {
     const PlanGroup& b = a.plan.groups[gi];
-    switch (b.b_dim) {
-      case 1: segment_group<VB, MUL, 1>(a, b, 0, blk, accs, orow); break;
-      case 3: segment_group<VB, MUL, 3>(a, b, 0, blk, accs, orow); break;
-      case 5: segment_group<VB, MUL, 5>(a, b, 0, blk, accs, orow); break;
-      case 7: segment_group<VB, MUL, 7>(a, b, 0, blk, accs, orow); break;
-      default:
-        for (int64_t k0 = 0; k0 < b.b_dim; ++k0) segment_group<VB, MUL, 1>(a, b, k0, blk, accs, orow);
-    }
+    for_components(b.b_dim, [&]<int KB>(int64_t k0) NEQUIP_FAST_INLINE_LAMBDA {
+      segment_group<VB, MUL, KB>(a, b, k0, blk, accs, orow);
+    });
   }
 }
 
@@ -482,14 +476,9 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
   for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
     const PlanPath& p = a.plan.paths[pi];
     const int64_t c_off = a.c_off[pi];
-    switch (p.b_dim) {
-      case 1: edge_grads_path<VB, MUL, 1>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
-      case 3: edge_grads_path<VB, MUL, 3>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
-      case 5: edge_grads_path<VB, MUL, 5>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
-      case 7: edge_grads_path<VB, MUL, 7>(p, c_off, 0, c, n, xa, gr, we, gwe, dv); break;
-      default:
-        for (int64_t k0 = 0; k0 < p.b_dim; ++k0) edge_grads_path<VB, MUL, 1>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
-    }
+    for_components(p.b_dim, [&]<int KB>(int64_t k0) NEQUIP_FAST_INLINE_LAMBDA {
+      edge_grads_path<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
+    });
   }
   T sums[kLanes];
   for (int64_t m0 = 0; m0 < a.n_dense; m0 += kLanes) {
@@ -510,10 +499,9 @@ NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, in
   }
   contract_sh(a, a.sh, es, n, s, s.c.data());
   T* dots = s.dots.data();
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = 0; j < n; ++j)
     edge_grads_edge<VB, MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
                              g_w + (weight_row(a, es[j]) - a.w));
-  }
   // g_sh[e, col] = sum over the terms (pair q, col) of value * dots[pair_at[q]], vectorised over the edges.
   T* gsht = s.sht.data();
   for (int64_t f = 0; f < a.fs * n; ++f) gsht[f] = 0;
@@ -529,10 +517,6 @@ NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, in
     for (int64_t f = 0; f < a.fs; ++f) g_sh[es[j] * a.fs + f] = gsht[f * n + j];
 }
 
-// With pairs (weight_row): one task per weight row k, which owns edge k + P and, if k < P, edge k
-// too, and sums their g_w (no two tasks write one row); kPairBlock weight rows at a time.
-constexpr int64_t kPairBlock = 16;
-
 template <int VB, int64_t MUL, bool TWO, typename T>
 NEQUIP_FAST_INLINE void segment_rows_impl(const Rows<T>& a, int64_t begin, int64_t end, BlockScratch<T>& s, T* out) {
   for (int64_t r = begin; r < end; ++r) {
@@ -541,6 +525,10 @@ NEQUIP_FAST_INLINE void segment_rows_impl(const Rows<T>& a, int64_t begin, int64
     if (a.ptr[r] != a.ptr[r + 1]) segment_row<VB, MUL, TWO>(a, r, s, orow);
   }
 }
+
+// With pairs (weight_row): one task per weight row k, which owns edge k + P and, if k < P, edge k
+// too, and sums their g_w (no two tasks write one row); kPairBlock weight rows at a time.
+constexpr int64_t kPairBlock = 16;
 
 // Rows [begin, end) of the CSR by receiver, each edge its own g_w row (the CSR keeps g[r] in
 // cache); with pairs, weight rows [begin, end).

@@ -340,16 +340,9 @@ def test_cpu_kernels_at_baseline_isa_without_shuffles(tmp_path):
         load_backend("cpu")
     except RuntimeError as e:
         pytest.skip(str(e))
-    env = dict(os.environ, NEQUIP_FAST_CACHE_DIR=str(tmp_path),
-               NEQUIP_FAST_TEST_CXX_FLAGS="-DNEQUIP_FAST_SHUFFLE=0 -DNEQUIP_FAST_BASELINE_ONLY")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           str(Path(__file__).with_name("test_silu.py")), "-k",
-                           # the reference comparisons (not the tests that start Python themselves: those
-                           # processes would build the library again without the flags)
-                           "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2 or silu"],
-                          env=env, capture_output=True, text=True, cwd=Path(__file__).parent)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout, proc.stdout[-2000:]
+    run_cpu_comparisons(dict(NEQUIP_FAST_CACHE_DIR=str(tmp_path),
+                             NEQUIP_FAST_TEST_CXX_FLAGS="-DNEQUIP_FAST_SHUFFLE=0 -DNEQUIP_FAST_BASELINE_ONLY"),
+                        with_silu=True)
     (library,) = tmp_path.rglob("*.so")  # built with the flags (they are part of the cache key) ...
     # ... so the kernels have no per-ISA versions there (the default build has segment_rows_x86_64_v4
     # and silu_f32*.arch_x86_64_v4 ones)
@@ -365,9 +358,18 @@ def test_cpu_kernels_at_lower_isa_levels(level):
         load_backend("cpu")
     except RuntimeError as e:
         pytest.skip(str(e))
-    env = dict(os.environ, NEQUIP_FAST_CPU_LEVEL=str(level))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__, "-k",
-                           "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2"],
-                          env=env, capture_output=True, text=True, cwd=Path(__file__).parent)
+    run_cpu_comparisons(dict(NEQUIP_FAST_CPU_LEVEL=str(level)))
+
+
+def run_cpu_comparisons(env: dict, with_silu: bool = False) -> None:
+    """This file's CPU reference comparisons (and test_silu.py's) in a subprocess with ``env`` added;
+    they must pass. Not the tests that start Python themselves: those processes would build or load
+    the library again without ``env``."""
+    files, selection = [__file__], "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2"
+    if with_silu:
+        files, selection = files + [str(Path(__file__).with_name("test_silu.py"))], selection + " or silu"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files,
+                           "-k", selection],
+                          env=dict(os.environ, **env), capture_output=True, text=True, cwd=Path(__file__).parent)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout, proc.stdout[-2000:]

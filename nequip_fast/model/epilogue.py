@@ -10,9 +10,9 @@ product, accumulated into one output per irrep (torch's ``@``: MKL on CPU; oneDN
 gained 1-2% of an E+F call (within the noise) on these node-level products and cost a cached
 primitive per shape, ~0.5 MiB each, made mid-call: benchmarks/RESULTS.md, issue 14 memory); the
 gate then reads pieces of it. The weights stay the e3nn modules' (same state-dict keys, same
-upstream weight transfer); they are assembled into the per-irrep matrices on every call (a few small ops on
-parameters of a few kB), so training sees the same parameters and export folds them. Pure torch: autograd gives the
-backward and the double backward, and torch.export understands it.
+upstream weight transfer); they are assembled into the per-irrep matrices on every call (a few
+small ops on parameters of a few kB), so training sees the same parameters and export folds them.
+Pure torch: autograd gives the backward and the double backward, and torch.export understands it.
 """
 import math
 from typing import Callable, NamedTuple, Optional
@@ -20,7 +20,6 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from e3nn import o3
 from e3nn.nn import Gate
-
 
 
 class _Block(NamedTuple):

@@ -10,8 +10,8 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..data.graph import AtomicGraph
-from .config import ModelConfig
 from ..ops.matmul import constant_weights
+from .config import ModelConfig
 from .geometry import edge_forces, edge_vectors, edge_virials
 from .nequip import NequIPEnergy
 

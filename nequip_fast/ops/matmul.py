@@ -128,10 +128,9 @@ class _OneDNNMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, a = ctx.saved_tensors
-        # ``matmul`` again, so that a graph (training on forces) has this backward's backward. Without a
-        # graph (forces in inference) MKL's products cost 7% of an l_max 1 E+F call at 1 thread and
-        # oneDNN's primitives for the backward's shapes ~20 MiB of its peak (benchmarks/RESULTS.md,
-        # issue 14): oneDNN, within the peak that the products had before it.
+        # ``matmul`` again: a graph (training on forces) gets this backward's backward, and forces in
+        # inference the faster products (MKL here cost 7-10% of an l_max 1 E+F call at 1 thread;
+        # oneDNN's primitives for these shapes ~20 MiB of peak: benchmarks/RESULTS.md, issue 14).
         grad_x = matmul(grad, a.t()) if _wanted(ctx, 0) else None
         grad_a = matmul(x.t(), grad) if _wanted(ctx, 1) else None
         return grad_x, grad_a
