@@ -73,6 +73,7 @@ struct Rows {
   // of path p has the dense index c_off[p] + a * b_dim + kk.
   const int32_t* c_off;
   const int32_t* pair_at;  // per pair q: its dense index
+  const uint8_t* diagonal;  // per path: its pairs are (i, i) for each i, the block only its diagonal
   int64_t n_dense;
   // segment_conv2: the second (sh, w) operands, same shapes as sh and w.
   const T* sh2 = nullptr;
@@ -81,23 +82,35 @@ struct Rows {
 
 // Each path's pairs as a dense a_dim x b_dim block of coefficients, zero where a pair has no terms,
 // so that a kernel holds a path's b components in registers, indexed at compile time. The zeros
-// cost multiply-adds (the l = 0 harmonic's diagonal paths, cross products), which measured cheaper
-// than a branch per pair.
+// cost multiply-adds (cross products, say), which measured cheaper than a branch per pair. A
+// diagonal path (pairs (i, i) only: every path through the l = 0 harmonic, a quarter of the dense
+// block's multiply-adds at l_max 1 and a seventh at l_max 2) keeps its diagonal alone, and the
+// kernels take one multiply-add per component for it.
 struct DenseOrder {
   std::vector<int32_t> c_off, pair_at;
+  std::vector<uint8_t> diagonal;
   int64_t n_dense = 0;
 };
 
 template <typename T>
+bool is_diagonal(const PlanView<T>& plan, const PlanPath& p) {
+  if (p.a_dim != p.b_dim || p.pair_end - p.pair_begin != p.a_dim) return false;
+  for (int32_t q = p.pair_begin; q < p.pair_end; ++q)
+    if (plan.pairs[q].a != plan.pairs[q].b) return false;
+  return true;  // the pairs of a path are distinct
+}
+
+template <typename T>
 void dense_order(const PlanView<T>& plan, DenseOrder& order) {
-  order.c_off.resize(plan.n_paths), order.pair_at.resize(plan.n_pairs);
+  order.c_off.resize(plan.n_paths), order.pair_at.resize(plan.n_pairs), order.diagonal.resize(plan.n_paths);
   order.n_dense = 0;
   for (int32_t pi = 0; pi < plan.n_paths; ++pi) {
     const PlanPath& p = plan.paths[pi];
-    order.c_off[pi] = int32_t(order.n_dense);
+    const bool diagonal = is_diagonal(plan, p);
+    order.c_off[pi] = int32_t(order.n_dense), order.diagonal[pi] = diagonal;
     for (int32_t q = p.pair_begin; q < p.pair_end; ++q)
-      order.pair_at[q] = int32_t(order.n_dense + plan.pairs[q].a * p.b_dim + plan.pairs[q].b);
-    order.n_dense += int64_t(p.a_dim) * p.b_dim;
+      order.pair_at[q] = int32_t(order.n_dense + (diagonal ? 0 : plan.pairs[q].a * p.b_dim) + plan.pairs[q].b);
+    order.n_dense += diagonal ? p.a_dim : int64_t(p.a_dim) * p.b_dim;
   }
 }
 
@@ -309,21 +322,37 @@ NEQUIP_FAST_INLINE void for_components(int64_t dim, F&& f) {
 // against 576 at l_max 2).
 constexpr int64_t kEdgeBlock = 8;
 
-// Asks for `count` items from p ahead of their use, into L2 (the rows in use keep L1): the w rows
-// (3.8 kB per edge at l_max 2) stream from memory, and without this the kernels wait on them.
-template <typename T>
+// Asks for `count` items from p ahead of their use: the w rows (3.8 kB per edge at l_max 2) stream
+// from memory, and without this the kernels wait on them. LOCALITY 3: into L1, where the next
+// block fits beside the one in use (1.2-1.6x faster at l_max 1 than into L2); 2: into L2 only.
+template <int LOCALITY, typename T>
 NEQUIP_FAST_INLINE void prefetch(const T* p, int64_t count) {
-  for (int64_t f = 0; f < count; f += 64 / sizeof(T)) __builtin_prefetch(p + f, 0, 2);
+  for (int64_t f = 0; f < count; f += 64 / sizeof(T)) __builtin_prefetch(p + f, 0, LOCALITY);
 }
 
-// The gathered x rows and the w rows (and w2's) of the n edges es.
+// Most bytes of an edge block's rows that go to L1 by prefetch (the block in use holds as many):
+// every l_max 1 kernel (18-22 kB at 32 channels) but none at l_max 2 (49-82 kB: there into L2
+// measured as fast or faster).
+constexpr int64_t kL1PrefetchBytes = 24 << 10;
+
+// The gathered x rows, the w rows (and w2's) and the sh rows (and sh2's) of the n edges es: in row
+// order the edges' own rows are scattered too (a missed sh row cost 12% of the l_max 1 forward).
+template <int LOCALITY, bool TWO, typename T>
+NEQUIP_FAST_INLINE void prefetch_rows(const Rows<T>& a, const int64_t* es, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    prefetch<LOCALITY>(a.x + a.col[es[j]] * a.fa, a.fa);
+    prefetch<LOCALITY>(weight_row(a, es[j]), a.fw);
+    prefetch<LOCALITY>(a.sh + es[j] * a.fs, a.fs);
+    if constexpr (TWO)
+      prefetch<LOCALITY>(weight_row(a, es[j], a.w2), a.fw), prefetch<LOCALITY>(a.sh2 + es[j] * a.fs, a.fs);
+  }
+}
 template <bool TWO, typename T>
 NEQUIP_FAST_INLINE void prefetch_edges(const Rows<T>& a, const int64_t* es, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    prefetch(a.x + a.col[es[j]] * a.fa, a.fa);
-    prefetch(weight_row(a, es[j]), a.fw);
-    if constexpr (TWO) prefetch(weight_row(a, es[j], a.w2), a.fw);
-  }
+  if (n * (a.fa + (TWO ? 2 : 1) * (a.fw + a.fs)) * int64_t(sizeof(T)) <= kL1PrefetchBytes)
+    prefetch_rows<3, TWO>(a, es, n);
+  else
+    prefetch_rows<2, TWO>(a, es, n);
 }
 
 // One block of a row's edges as the group kernels read it.
@@ -353,6 +382,16 @@ NEQUIP_FAST_INLINE void segment_group(const Rows<T>& a, const PlanGroup& b, int6
       acc[kk] = blk.first ? TileT::zero() : TileT::load(accs + b.b_off + (k0 + kk) * mul + u0);
     for (int64_t pi = b.path_begin; pi < b.path_end; ++pi) {
       const PlanPath& p = a.plan.paths[pi];
+      if (a.diagonal[pi]) {  // acc[kk] += c[k0 + kk] * w * x[k0 + kk]
+        const int64_t c_at = (a.c_off[pi] + k0) * n;
+        for (int64_t j = 0; j < n; ++j) {
+          const TileT w = TileT::load(blk.w[j] + p.w_off + u0);
+          const T* xj = blk.x[j] + p.a_off + k0 * mul + u0;
+#pragma GCC unroll 32
+          for (int kk = 0; kk < KB; ++kk) acc[kk].fma(blk.c[c_at + kk * n + j], w * TileT::load(xj + kk * mul));
+        }
+        continue;
+      }
       const int64_t c_at = (a.c_off[pi] + k0) * n, a_dim = p.a_dim, c_step = p.b_dim * n;
       for (int64_t j = 0; j < n; ++j) {
         const TileT w = TileT::load(blk.w[j] + p.w_off + u0);
@@ -464,6 +503,39 @@ NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_
   });
 }
 
+// edge_grads_path for a diagonal path (DenseOrder): per component i = k0 + kk, g_w += x[i] c[i] g[i]
+// and the dot <x[i], w g[i]>.
+template <int VB, int64_t MUL, int KB, typename T>
+NEQUIP_FAST_INLINE void edge_grads_diagonal(const PlanPath& p, int64_t c_off, int64_t k0, const T* c, int64_t n,
+                                            const T* xa, const T* gr, const T* we, T* gwe, T* dv) {
+  constexpr int kLanes = lanes_of(sizeof(T));
+  using VL = typename Lanes<T, kLanes>::unaligned;
+  const int64_t mul = MUL > 0 ? MUL : p.mul, a_off = p.a_off + k0 * mul, b_off = p.b_off + k0 * mul,
+                w_off = p.w_off;
+  constexpr int kLive = 5;  // w, g_w, x[i], g[i], c g[i]
+  for_tiles<T, MUL, tile_vectors<VB>(kLive), int(VB / sizeof(T))>(mul, [&]<int L, int NV>(int64_t u0)
+                                                                        NEQUIP_FAST_INLINE_LAMBDA {
+    using TileT = Tile<T, L, NV>;
+    const TileT w = TileT::load(we + w_off + u0);
+    TileT gw = TileT::load(gwe + w_off + u0);
+#pragma GCC unroll 32
+    for (int kk = 0; kk < KB; ++kk) {
+      const TileT xq = TileT::load(xa + a_off + kk * mul + u0), gq = TileT::load(gr + b_off + kk * mul + u0);
+      const int64_t m = c_off + k0 + kk;
+      TileT t = TileT::zero();
+      t.fma(c[m * n], gq);
+      gw.fma(xq, t);
+      VL& dq = *reinterpret_cast<VL*>(dv + m * kLanes);
+      const auto d = fold32<T, L>((xq * (w * gq)).vector_sum());
+      if (u0 == 0)
+        dq = d;
+      else
+        dq += d;
+    }
+    gw.store(gwe + w_off + u0);
+  });
+}
+
 // g_w (accumulated into gwe) of edge e (receiver r) and the pair dots that give its g_sh, into
 // dots[m * n] for each dense index m.
 template <int VB, int64_t MUL, typename T>
@@ -476,8 +548,12 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
   for (int64_t pi = 0; pi < a.plan.n_paths; ++pi) {
     const PlanPath& p = a.plan.paths[pi];
     const int64_t c_off = a.c_off[pi];
+    const bool diagonal = a.diagonal[pi];
     for_components(p.b_dim, [&]<int KB>(int64_t k0) NEQUIP_FAST_INLINE_LAMBDA {
-      edge_grads_path<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
+      if (diagonal)
+        edge_grads_diagonal<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
+      else
+        edge_grads_path<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
     });
   }
   T sums[kLanes];
@@ -548,7 +624,7 @@ NEQUIP_FAST_INLINE void edge_grads_impl(const Rows<T>& a, int64_t begin, int64_t
     }
     // the next block's weight rows (they stream from memory), while this one runs
     const int64_t k1 = std::min(end, k0 + kPairBlock);
-    prefetch(a.w + k1 * a.fw, (std::min(end, k1 + kPairBlock) - k1) * a.fw);
+    prefetch<3>(a.w + k1 * a.fw, (std::min(end, k1 + kPairBlock) - k1) * a.fw);  // into L1: 1.1-1.25x
     edge_grads_block<VB, MUL>(a, es, n, receiver, s, g_sh, g_w);
   }
 }
@@ -643,7 +719,7 @@ Rows<T> make_rows(const PlanView<T>& plan, const at::Tensor& xt, const at::Tenso
   dense_order(plan, order);
   return Rows<T>{plan, xt.data_ptr<T>(), xt.size(1), nullptr, 0, sh.data_ptr<T>(), sh.size(1), w.data_ptr<T>(),
                  w.size(1), sh.size(0) - w.size(0), ptr, rows, perm, col, order.c_off.data(), order.pair_at.data(),
-                 order.n_dense};
+                 order.diagonal.data(), order.n_dense};
 }
 
 template <typename T>
