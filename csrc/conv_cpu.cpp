@@ -462,12 +462,12 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
 }
 
 // Path p's share of <g[r], T(x[sender], sh[e], w[e])> differentiated, for its components
-// [k0, k0 + KB) and edge e: g_w (accumulated into gwe) and the pair dots <x[a], w g[kk]> (into dv,
+// [k0, k0 + KB) and edge e: g_w (into gwe: stored, or added to it) and the pair dots <x[a], w g[kk]> (into dv,
 // 32 bytes of lanes per dense index m0..). Per channel tile, g[kk] and w g[kk] stay in registers;
 // per a component, t = sum over kk of c[a][kk] g[kk] and g_w += x[a] t.
 template <int VB, int64_t MUL, int KB, typename T>
 NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_t k0, const T* c, int64_t n,
-                                        const T* xa, const T* gr, const T* we, T* gwe, T* dv) {
+                                        const T* xa, const T* gr, const T* we, T* gwe, T* dv, bool store) {
   constexpr int kLanes = lanes_of(sizeof(T));
   using VL = typename Lanes<T, kLanes>::unaligned;
   // In locals: the dots' vector stores may alias anything, so fields of p would be reloaded per pair.
@@ -481,7 +481,7 @@ NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_
     TileT g[KB], wg[KB];
 #pragma GCC unroll 32
     for (int kk = 0; kk < KB; ++kk) g[kk] = TileT::load(gr + b_off + (k0 + kk) * mul + u0), wg[kk] = w * g[kk];
-    TileT gw = TileT::load(gwe + w_off + u0);
+    TileT gw = store ? TileT::zero() : TileT::load(gwe + w_off + u0);
     for (int64_t ai = 0; ai < a_dim; ++ai) {
       const TileT xq = TileT::load(xa + a_off + ai * mul + u0);
       const int64_t m0 = c_off + ai * b_dim + k0;
@@ -507,7 +507,7 @@ NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_
 // and the dot <x[i], w g[i]>.
 template <int VB, int64_t MUL, int KB, typename T>
 NEQUIP_FAST_INLINE void edge_grads_diagonal(const PlanPath& p, int64_t c_off, int64_t k0, const T* c, int64_t n,
-                                            const T* xa, const T* gr, const T* we, T* gwe, T* dv) {
+                                            const T* xa, const T* gr, const T* we, T* gwe, T* dv, bool store) {
   constexpr int kLanes = lanes_of(sizeof(T));
   using VL = typename Lanes<T, kLanes>::unaligned;
   const int64_t mul = MUL > 0 ? MUL : p.mul, a_off = p.a_off + k0 * mul, b_off = p.b_off + k0 * mul,
@@ -517,7 +517,7 @@ NEQUIP_FAST_INLINE void edge_grads_diagonal(const PlanPath& p, int64_t c_off, in
                                                                         NEQUIP_FAST_INLINE_LAMBDA {
     using TileT = Tile<T, L, NV>;
     const TileT w = TileT::load(we + w_off + u0);
-    TileT gw = TileT::load(gwe + w_off + u0);
+    TileT gw = store ? TileT::zero() : TileT::load(gwe + w_off + u0);
 #pragma GCC unroll 32
     for (int kk = 0; kk < KB; ++kk) {
       const TileT xq = TileT::load(xa + a_off + kk * mul + u0), gq = TileT::load(gr + b_off + kk * mul + u0);
@@ -536,11 +536,11 @@ NEQUIP_FAST_INLINE void edge_grads_diagonal(const PlanPath& p, int64_t c_off, in
   });
 }
 
-// g_w (accumulated into gwe) of edge e (receiver r) and the pair dots that give its g_sh, into
-// dots[m * n] for each dense index m.
+// g_w of edge e (receiver r) into gwe (stored if `first`, else added: the paths' w slices tile the
+// row) and the pair dots that give its g_sh, into dots[m * n] for each dense index m.
 template <int VB, int64_t MUL, typename T>
 NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, const T* c, T* dots, int64_t n,
-                                        T* dv, T* gwe) {
+                                        T* dv, T* gwe, bool first) {
   constexpr int kLanes = lanes_of(sizeof(T));
   const T* gr = a.g + r * a.fb;
   const T* xa = a.x + a.col[e] * a.fa;
@@ -550,10 +550,11 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
     const int64_t c_off = a.c_off[pi];
     const bool diagonal = a.diagonal[pi];
     for_components(p.b_dim, [&]<int KB>(int64_t k0) NEQUIP_FAST_INLINE_LAMBDA {
+      const bool store = first && k0 == 0;  // later chunks of the components add to the slice
       if (diagonal)
-        edge_grads_diagonal<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
+        edge_grads_diagonal<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv, store);
       else
-        edge_grads_path<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv);
+        edge_grads_path<VB, MUL, KB>(p, c_off, k0, c, n, xa, gr, we, gwe, dv, store);
     });
   }
   T sums[kLanes];
@@ -568,16 +569,13 @@ template <int VB, int64_t MUL, typename T>
 NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, int64_t n, const int64_t* receiver,
                                          BlockScratch<T>& s, T* g_sh, T* g_w) {
   s.fit(n, a.fs, a.n_dense);
-  // Each g_w row belongs to one block, so zeroing here (cache-hot) replaces a zero-filled allocation.
-  for (int64_t j = 0; j < n; ++j) {
-    T* gwe = g_w + (weight_row(a, es[j]) - a.w);
-    for (int64_t f = 0; f < a.fw; ++f) gwe[f] = 0;
-  }
   contract_sh(a, a.sh, es, n, s, s.c.data());
   T* dots = s.dots.data();
+  // The first edge of a g_w row stores it, a pair's reverse (in [P, 2P), after its edge) adds to it:
+  // no zero fill (it was 17% of the l_max 1 kernel).
   for (int64_t j = 0; j < n; ++j)
     edge_grads_edge<VB, MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
-                             g_w + (weight_row(a, es[j]) - a.w));
+                             g_w + (weight_row(a, es[j]) - a.w), es[j] < a.pairs || es[j] >= 2 * a.pairs);
   // g_sh[e, col] = sum over the terms (pair q, col) of value * dots[pair_at[q]], vectorised over the edges.
   T* gsht = s.sht.data();
   for (int64_t f = 0; f < a.fs * n; ++f) gsht[f] = 0;
@@ -801,6 +799,10 @@ std::tuple<at::Tensor, at::Tensor> edge_grads_cpu(const at::Tensor& x, const at:
   at::Tensor g_w = at::empty_like(weight, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nequip_fast::edge_grads", [&] {
     const PlanView<scalar_t> view = plan_view<scalar_t>(plan, values, layout, false);
+    int64_t w_covered = 0;  // the kernel writes g_w path slice by path slice
+    for (int32_t pi = 0; pi < view.n_paths; ++pi) w_covered += view.paths[pi].mul;
+    TORCH_CHECK(w_covered == view.w_features, "nequip_fast edge_grads: the plan's paths cover ", w_covered,
+                " weight columns of ", view.w_features, " (build plans with nequip_fast.ops.plan.lower)");
     const at::Tensor xt = to_ir_mul<scalar_t>(x.contiguous(), view.a_blocks, view.n_a_blocks);
     const at::Tensor gt = to_ir_mul<scalar_t>(g.contiguous(), view.groups, view.n_groups);
     const at::Tensor shc = sh.contiguous(), wc = weight.contiguous();
