@@ -70,7 +70,7 @@ struct Rows {
   const int64_t* perm;
   const int64_t* col;
   // Each path's contracted CG coefficients as a dense a_dim x b_dim block (DenseOrder): pair (a, kk)
-  // of path p has the dense index c_off[p] + a * b_dim + kk.
+  // of path p has the dense index c_off[p] + a * b_dim + kk, of a diagonal path c_off[p] + kk.
   const int32_t* c_off;
   const int32_t* pair_at;  // per pair q: its dense index
   const uint8_t* diagonal;  // per path: its pairs are (i, i) for each i, the block only its diagonal
@@ -324,7 +324,7 @@ constexpr int64_t kEdgeBlock = 8;
 
 // Asks for `count` items from p ahead of their use: the w rows (3.8 kB per edge at l_max 2) stream
 // from memory, and without this the kernels wait on them. LOCALITY 3: into L1, where the next
-// block fits beside the one in use (1.2-1.6x faster at l_max 1 than into L2); 2: into L2 only.
+// block fits beside the one in use (each l_max 1 kernel 1.06-1.25x faster than into L2); 2: into L2.
 template <int LOCALITY, typename T>
 NEQUIP_FAST_INLINE void prefetch(const T* p, int64_t count) {
   for (int64_t f = 0; f < count; f += 64 / sizeof(T)) __builtin_prefetch(p + f, 0, LOCALITY);
@@ -462,9 +462,9 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
 }
 
 // Path p's share of <g[r], T(x[sender], sh[e], w[e])> differentiated, for its components
-// [k0, k0 + KB) and edge e: g_w (into gwe: stored, or added to it) and the pair dots <x[a], w g[kk]> (into dv,
-// 32 bytes of lanes per dense index m0..). Per channel tile, g[kk] and w g[kk] stay in registers;
-// per a component, t = sum over kk of c[a][kk] g[kk] and g_w += x[a] t.
+// [k0, k0 + KB) and edge e: g_w (stored into gwe, or added to it) and the pair dots <x[a], w g[kk]>
+// (into dv, 32 bytes of lanes per dense index m0..). Per channel tile, g[kk] and w g[kk] stay in
+// registers; per a component, t = sum over kk of c[a][kk] g[kk] and g_w += x[a] t.
 template <int VB, int64_t MUL, int KB, typename T>
 NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_t k0, const T* c, int64_t n,
                                         const T* xa, const T* gr, const T* we, T* gwe, T* dv, bool store) {
