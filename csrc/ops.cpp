@@ -25,5 +25,6 @@ TORCH_LIBRARY(nequip_fast, m) {
   m.def("silu(Tensor z) -> Tensor");
   m.def("silu_grad(Tensor g, Tensor z) -> Tensor");
   m.def("silu_grad2(Tensor gg, Tensor g, Tensor z) -> (Tensor, Tensor)");
+  m.def("silu_with_grad(Tensor z) -> (Tensor, Tensor)");  // (silu(z), silu'(z)), no autograd
 }
 

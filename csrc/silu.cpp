@@ -1,4 +1,5 @@
-// The radial MLP's SiLU and its first two derivatives, each one elementwise pass (CPU).
+// The radial MLP's SiLU and its first two derivatives, each one elementwise pass (CPU); and
+// silu with its derivative in one pass, for forces without a graph (ops/matmul.py: silu_matmul).
 //
 // torch runs silu, silu_backward and autograd's formula for the double backward as separate
 // kernels (the double backward as ~9 multiplies and a sigmoid over the edges x width tensor),
@@ -113,6 +114,17 @@ struct SiluGrad {  // (g, z) -> g silu'(z)
   static constexpr int kIn = 2, kOut = 1;
 };
 
+struct SiluWithGrad {  // z -> (silu(z), silu'(z)): forces without a graph keep silu'(z) for the backward
+  template <bool kBlend, typename V>
+  NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
+    V s, q;
+    sigmoids<kBlend>(in[0], s, q);
+    out[0] = in[0] * s;
+    out[1] = s * (1.0 + in[0] * q);
+  }
+  static constexpr int kIn = 1, kOut = 2;
+};
+
 struct SiluGrad2 {  // (gg, g, z) -> (gg silu'(z), gg g silu''(z))
   template <bool kBlend, typename V>
   NEQUIP_FAST_SILU_INLINE static void apply(const V* in, V* out) {
@@ -188,6 +200,7 @@ NEQUIP_FAST_SILU_INLINE void run_f64(const double* const* in, double* const* out
 NEQUIP_FAST_SILU_KERNEL(silu_f32, Silu)
 NEQUIP_FAST_SILU_KERNEL(silu_grad_f32, SiluGrad)
 NEQUIP_FAST_SILU_KERNEL(silu_grad2_f32, SiluGrad2)
+NEQUIP_FAST_SILU_KERNEL(silu_with_grad_f32, SiluWithGrad)
 void silu_grad2_f64(const double* const* in, double* const* out, int64_t b, int64_t e) {
   run_f64<SiluGrad2>(in, out, b, e);
 }
@@ -249,12 +262,18 @@ std::tuple<at::Tensor, at::Tensor> silu_grad2_cpu(const at::Tensor& gg, const at
   return {out[0], out[1]};
 }
 
+std::tuple<at::Tensor, at::Tensor> silu_with_grad_cpu(const at::Tensor& z) {
+  auto out = elementwise<1, 2>("silu_with_grad", {z}, silu_with_grad_f32, nullptr);  // float32: oneDNN's
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(nequip_fast, CPU, m) {
   m.impl("silu", &silu_cpu);
   m.impl("silu_grad", &silu_grad_cpu);
   m.impl("silu_grad2", &silu_grad2_cpu);
+  m.impl("silu_with_grad", &silu_with_grad_cpu);
 }
 
 }  // namespace nequip_fast

@@ -131,3 +131,48 @@ def test_padded_rows_are_cut_off(onednn):
     y = mm.matmul(x.float(), a.float())
     assert y.shape == (1003, 32) and y.is_contiguous()
     torch.testing.assert_close(y.double(), x @ a, rtol=1e-5, atol=1e-5)
+
+
+def test_silu_matmul_for_forces_keeps_the_derivative_and_is_one_product_back(onednn):
+    """Forces without a graph: ``silu(z) @ a`` keeps silu'(z) (not z) and its backward is one oneDNN
+    product with a multiply; values and input gradient equal the unfused path's; a backward that
+    would keep a graph (never asked for by such calls) is refused rather than wrong."""
+    from nequip_fast.ops import activations
+
+    z, a = _operands(m=1003, k=64, n=40)  # 1003 rows: the padded path
+    zf, af = z.float().requires_grad_(), a.float().requires_grad_()
+    if not activations.fused(zf):
+        pytest.skip("the C++ ops library is not available here")
+    y_ref = mm.matmul(activations.silu(zf), af)
+    (g_ref,) = torch.autograd.grad(y_ref.pow(2).sum(), zf)
+    with mm.constant_weights():
+        y = mm.silu_matmul(zf, af)
+    assert type(y.grad_fn).__name__ == "_SiluMatmulBackward"
+    ds, kept_a = y.grad_fn.saved_tensors
+    silu_prime = torch.sigmoid(z) * (1 + z * torch.sigmoid(-z))
+    torch.testing.assert_close(ds.double(), silu_prime, rtol=1e-6, atol=1e-7)
+    assert kept_a.requires_grad is False
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="without a graph"):
+        torch.autograd.grad(y.pow(2).sum(), zf, create_graph=True, retain_graph=True)
+    (g,) = torch.autograd.grad(y.pow(2).sum(), zf)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-4)
+    # outside constant_weights: the differentiable composition
+    y2 = mm.silu_matmul(zf, af)
+    assert type(y2.grad_fn).__name__ != "_SiluMatmulBackward" and torch.equal(y2, y_ref)
+
+
+def test_model_forces_without_a_graph_equal_those_with_one(onednn, monkeypatch):
+    """float32: forces through ``silu_matmul``'s one-product backward (no graph) equal those through
+    the differentiable composition (create_graph=True), as a force loss computes them."""
+    from conftest import graph_of, random_crystal, small_model
+
+    model = small_model(seed=5, dtype="float32")
+    graph = graph_of(random_crystal(seed=6), model)
+    calls, apply = [], mm._SiluMatmul.apply
+    monkeypatch.setattr(mm._SiluMatmul, "apply", lambda *args: calls.append(1) or apply(*args))
+    fast = model(graph).forces
+    assert calls  # the one-product path ran
+    kept = model(graph, create_graph=True).forces.detach()
+    assert fast.abs().max() > 1e-2
+    torch.testing.assert_close(fast, kept, rtol=1e-5, atol=1e-5 * fast.abs().max().item())

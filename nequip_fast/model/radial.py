@@ -9,8 +9,7 @@ from typing import Optional, Sequence
 import torch
 from e3nn.math import normalize2mom
 
-from ..ops.activations import silu
-from ..ops.matmul import matmul
+from ..ops.matmul import matmul, silu_matmul
 
 
 class EdgeCutoffs(torch.nn.Module):
@@ -95,8 +94,10 @@ class RadialMLP(torch.nn.Module):
     """Radial basis -> per-edge tensor-product weights: the function and parameters of e3nn's
     ``FullyConnectedNet`` (N(0, 1) weights scaled by 1/sqrt(fan_in), SiLU normalised to unit second
     moment), with every constant folded into the small weight matrices instead of multiplying the
-    (edges x width) activations, which cost as much as the matmuls. The SiLU is ``ops.activations.silu``:
-    one fused pass per derivative level on CPU, torch's silu elsewhere and under tracing."""
+    (edges x width) activations, which cost as much as the matmuls. A hidden layer is
+    ``ops.matmul.silu_matmul``: the fused SiLU (one pass per derivative level on CPU, torch's silu
+    elsewhere and under tracing) and the product, for forces without a graph one pass and one product
+    each way."""
 
     def __init__(self, sizes: Sequence[int]):
         super().__init__()
@@ -107,9 +108,6 @@ class RadialMLP(torch.nn.Module):
         self.scales = tuple((1.0 if k == 0 else silu_norm) / math.sqrt(fan_in) for k, fan_in in enumerate(sizes[:-1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.weights) - 1
         for k, weight in enumerate(self.weights):
-            x = matmul(x, weight * self.scales[k])
-            if k < last:
-                x = silu(x)
+            x = matmul(x, weight * self.scales[k]) if k == 0 else silu_matmul(x, weight * self.scales[k])
         return x

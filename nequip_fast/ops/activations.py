@@ -27,9 +27,20 @@ _loaded: Optional[bool] = None  # whether the ops are registered in this process
 
 def silu(x: torch.Tensor) -> torch.Tensor:
     """``x * sigmoid(x)``: the fused op on CPU in eager mode, torch's silu elsewhere (see the module doc)."""
-    if x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and not traced_or_transformed() and _load():
+    if fused(x):
         return torch.ops.nequip_fast.silu(x)
     return torch.nn.functional.silu(x)
+
+
+def fused(x: torch.Tensor) -> bool:
+    """Whether the fused ops run for ``x``: a float32/float64 CPU tensor in eager mode, the library loaded."""
+    return x.device.type == "cpu" and x.dtype in _FUSED_DTYPES and not traced_or_transformed() and _load()
+
+
+def silu_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(silu(x), silu'(x))`` in one pass, outside autograd (float32 ``fused(x)`` tensors): a caller
+    that needs only the first derivative keeps silu'(x) instead of x (``ops.matmul.silu_matmul``)."""
+    return torch.ops.nequip_fast.silu_with_grad(x)
 
 
 def _load() -> bool:
@@ -62,6 +73,7 @@ def _register() -> None:
     torch.library.register_fake("nequip_fast::silu_grad")(lambda g, z: torch.empty_like(z))
     torch.library.register_fake("nequip_fast::silu_grad2")(
         lambda gg, g, z: (torch.empty_like(z), torch.empty_like(z)))
+    torch.library.register_fake("nequip_fast::silu_with_grad")(lambda z: (torch.empty_like(z), torch.empty_like(z)))
 
     def save_inputs(ctx, inputs, output):
         ctx.save_for_backward(*inputs)

@@ -25,6 +25,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from . import activations
 from .eager import traced_or_transformed
 
 _enabled: Optional[bool] = None  # None: not decided yet (the first float32 CPU call probes oneDNN)
@@ -42,6 +43,20 @@ def matmul(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
             and not traced_or_transformed() and _available()):
         return _OneDNNMatmul.apply(x, a)
     return x @ a
+
+
+def silu_matmul(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``silu(z) @ a``, a hidden layer of the radial MLP. Within ``constant_weights`` where oneDNN runs
+    (float32 CPU eager), one pass gives silu(z) and silu'(z) and the backward is (g @ a^T) * silu'(z)
+    as one oneDNN product with a multiply post-op: no separate backward pass of the SiLU, which read z
+    and g @ a^T and wrote their product (benchmarks/RESULTS.md, issue 14). That backward refuses
+    create_graph (it has no derivative), which forces without a graph never ask for. Elsewhere
+    ``matmul(silu(z), a)``."""
+    if (getattr(_local, "constant_weights", False) and z.dtype == torch.float32 and a.dtype == torch.float32
+            and z.device.type == "cpu" and a.device.type == "cpu" and z.dim() == 2 and a.dim() == 2
+            and z.numel() > 0 and a.numel() > 0 and z.is_contiguous() and _available() and activations.fused(z)):
+        return _SiluMatmul.apply(z, a.detach())
+    return matmul(activations.silu(z), a)
 
 
 @contextlib.contextmanager
@@ -85,20 +100,30 @@ def row_bucket(m: int) -> int:
     return -(-m // step) * step
 
 
-def _linear_rows(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``_linear`` on ``row_bucket`` rows, zero rows appended and cut off again. oneDNN makes a
+def _linear_rows(x: torch.Tensor, a: torch.Tensor, factor: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``_linear`` on ``row_bucket`` rows, zero rows appended and cut off again; with ``factor``
+    ((m, n), like the product) ``(x @ a) * factor`` in the same oneDNN call. oneDNN makes a
     primitive for each new shape (~2 ms at 21504 x 64 x 64, where the product takes 0.4) and keeps it
     for the process (~0.5 MiB), and the radial MLP's row count, the edge pairs, changes with nearly
     every MD step and training batch: unpadded, that cost more than oneDNN gains and grew its cache
     towards 0.5 GiB."""
     m = x.shape[0]
     rows = row_bucket(m)
-    if rows == m:
-        return _linear(x, a)
+    if rows != m:
+        x = _pad_rows(x, rows)
+        factor = None if factor is None else _pad_rows(factor, rows)
+    if factor is None:
+        y = _linear(x, a)
+    else:
+        y = torch.ops.mkldnn._linear_pointwise.binary(x, factor.contiguous(), a.t(), None, "mul")
+    return y if rows == m else y[:m]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     padded = x.new_empty((rows, x.shape[1]))
-    padded[:m] = x
-    padded[m:] = 0
-    return _linear(padded, a)[:m]
+    padded[: x.shape[0]] = x
+    padded[x.shape[0]:] = 0
+    return padded
 
 
 def _probe() -> bool:
@@ -134,6 +159,24 @@ class _OneDNNMatmul(torch.autograd.Function):
         grad_x = matmul(grad, a.t()) if _wanted(ctx, 0) else None
         grad_a = matmul(x.t(), grad) if _wanted(ctx, 1) else None
         return grad_x, grad_a
+
+
+class _SiluMatmul(torch.autograd.Function):
+    """``silu(z) @ a`` for a constant ``a``, keeping silu'(z) (not z) for a backward that is one product."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        s, ds = activations.silu_with_grad(z)
+        ctx.save_for_backward(ds, a)
+        return _linear_rows(s, a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():  # create_graph: this backward has no derivative
+            raise RuntimeError("silu_matmul within constant_weights() is for forces without a graph; "
+                               "a backward with create_graph=True must run outside constant_weights()")
+        ds, a = ctx.saved_tensors
+        return _linear_rows(grad.contiguous(), a.t(), ds), None
 
 
 def _wanted(ctx, i: int) -> bool:
