@@ -461,6 +461,19 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
   }
 }
 
+// Dense index m's pair dot, a channel tile's vector v of products, into dv (32 bytes of lanes per
+// index, summed by edge_grads_edge): set by the first tile, added to by the others.
+template <typename T, int L>
+NEQUIP_FAST_INLINE void add_dot(T* dv, int64_t m, const typename Lanes<T, L>::type& v, bool first_tile) {
+  constexpr int kLanes = lanes_of(sizeof(T));
+  auto& dq = *reinterpret_cast<typename Lanes<T, kLanes>::unaligned*>(dv + m * kLanes);
+  const auto d = fold32<T, L>(v);
+  if (first_tile)
+    dq = d;
+  else
+    dq += d;
+}
+
 // Path p's share of <g[r], T(x[sender], sh[e], w[e])> differentiated, for its components
 // [k0, k0 + KB) and edge e: g_w (stored into gwe, or added to it) and the pair dots <x[a], w g[kk]>
 // (into dv, 32 bytes of lanes per dense index m0..). Per channel tile, g[kk] and w g[kk] stay in
@@ -468,8 +481,6 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
 template <int VB, int64_t MUL, int KB, typename T>
 NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_t k0, const T* c, int64_t n,
                                         const T* xa, const T* gr, const T* we, T* gwe, T* dv, bool store) {
-  constexpr int kLanes = lanes_of(sizeof(T));
-  using VL = typename Lanes<T, kLanes>::unaligned;
   // In locals: the dots' vector stores may alias anything, so fields of p would be reloaded per pair.
   const int64_t mul = MUL > 0 ? MUL : p.mul, a_dim = p.a_dim, b_dim = p.b_dim, a_off = p.a_off, b_off = p.b_off,
                 w_off = p.w_off;
@@ -490,12 +501,7 @@ NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_
 #pragma GCC unroll 32
       for (int kk = 0; kk < KB; ++kk) {
         t.fma(ca[kk * n], g[kk]);
-        VL& dq = *reinterpret_cast<VL*>(dv + (m0 + kk) * kLanes);
-        const auto d = fold32<T, L>((xq * wg[kk]).vector_sum());
-        if (u0 == 0)
-          dq = d;
-        else
-          dq += d;
+        add_dot<T, L>(dv, m0 + kk, (xq * wg[kk]).vector_sum(), u0 == 0);
       }
       gw.fma(xq, t);
     }
@@ -508,8 +514,6 @@ NEQUIP_FAST_INLINE void edge_grads_path(const PlanPath& p, int64_t c_off, int64_
 template <int VB, int64_t MUL, int KB, typename T>
 NEQUIP_FAST_INLINE void edge_grads_diagonal(const PlanPath& p, int64_t c_off, int64_t k0, const T* c, int64_t n,
                                             const T* xa, const T* gr, const T* we, T* gwe, T* dv, bool store) {
-  constexpr int kLanes = lanes_of(sizeof(T));
-  using VL = typename Lanes<T, kLanes>::unaligned;
   const int64_t mul = MUL > 0 ? MUL : p.mul, a_off = p.a_off + k0 * mul, b_off = p.b_off + k0 * mul,
                 w_off = p.w_off;
   constexpr int kLive = 5;  // w, g_w, x[i], g[i], c g[i]
@@ -525,12 +529,7 @@ NEQUIP_FAST_INLINE void edge_grads_diagonal(const PlanPath& p, int64_t c_off, in
       TileT t = TileT::zero();
       t.fma(c[m * n], gq);
       gw.fma(xq, t);
-      VL& dq = *reinterpret_cast<VL*>(dv + m * kLanes);
-      const auto d = fold32<T, L>((xq * (w * gq)).vector_sum());
-      if (u0 == 0)
-        dq = d;
-      else
-        dq += d;
+      add_dot<T, L>(dv, m, (xq * (w * gq)).vector_sum(), u0 == 0);
     }
     gw.store(gwe + w_off + u0);
   });

@@ -38,11 +38,16 @@ def matmul(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     and ran up to 30x slower than MKL, which reads the transpose in place."""
     if getattr(_local, "constant_weights", False) and a.requires_grad and not traced_or_transformed():
         a = a.detach()
-    if (x.dtype == torch.float32 and a.dtype == torch.float32 and x.device.type == "cpu" and a.device.type == "cpu"
-            and x.dim() == 2 and a.dim() == 2 and x.numel() > 0 and a.numel() > 0 and x.is_contiguous()
-            and not traced_or_transformed() and _available()):
+    if _onednn_takes(x, a):
         return _OneDNNMatmul.apply(x, a)
     return x @ a
+
+
+def _onednn_takes(x: torch.Tensor, a: torch.Tensor) -> bool:
+    """Whether ``x @ a`` runs on oneDNN: 2-d float32 CPU operands, ``x`` row-major, eager, oneDNN usable."""
+    return (x.dtype == torch.float32 and a.dtype == torch.float32 and x.device.type == "cpu"
+            and a.device.type == "cpu" and x.dim() == 2 and a.dim() == 2 and x.numel() > 0 and a.numel() > 0
+            and x.is_contiguous() and not traced_or_transformed() and _available())
 
 
 def silu_matmul(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -52,9 +57,7 @@ def silu_matmul(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     and g @ a^T and wrote their product (benchmarks/RESULTS.md, issue 14). That backward refuses
     create_graph (it has no derivative), which forces without a graph never ask for. Elsewhere
     ``matmul(silu(z), a)``."""
-    if (getattr(_local, "constant_weights", False) and z.dtype == torch.float32 and a.dtype == torch.float32
-            and z.device.type == "cpu" and a.device.type == "cpu" and z.dim() == 2 and a.dim() == 2
-            and z.numel() > 0 and a.numel() > 0 and z.is_contiguous() and _available() and activations.fused(z)):
+    if getattr(_local, "constant_weights", False) and _onednn_takes(z, a) and activations.fused(z):
         return _SiluMatmul.apply(z, a.detach())
     return matmul(activations.silu(z), a)
 
