@@ -7,6 +7,7 @@
 // kernels hold one output group's components (or edge_grads' g components) in registers for a tile
 // of channels and stream the edges' x and w rows past them.
 #include "conv.h"
+#include "isa.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -626,16 +627,8 @@ NEQUIP_FAST_INLINE void edge_grads_impl(const Rows<T>& a, int64_t begin, int64_t
   }
 }
 
-// One version of the row functions per ISA level, picked once at run time: AVX-512 with 64-byte
-// vectors, AVX2+FMA with 32-byte ones, baseline x86-64 (SSE2) with 16-byte ones, so the wheel stays
-// portable without -march. -DNEQUIP_FAST_BASELINE_ONLY builds the
-// baseline alone (tests/test_fused_ops.py checks that build).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(NEQUIP_FAST_BASELINE_ONLY)
-#define NEQUIP_FAST_ISA_LEVELS 1
-#else
-#define NEQUIP_FAST_ISA_LEVELS 0
-#endif
-
+// One version of the row functions per ISA level (isa.h), picked once at run time: AVX-512 with
+// 64-byte vectors, AVX2+FMA with 32-byte ones, baseline x86-64 (SSE2) with 16-byte ones.
 #define NEQUIP_FAST_ROW_FUNCTIONS(SUFFIX, TARGET, VB)                                                            \
   template <int64_t MUL, bool TWO, typename T>                                                                 \
   TARGET void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, BlockScratch<T>& s, T* out) { \
@@ -651,30 +644,6 @@ NEQUIP_FAST_ROW_FUNCTIONS(_baseline, , 16)
 NEQUIP_FAST_ROW_FUNCTIONS(_x86_64_v3, __attribute__((target("arch=x86-64-v3"))), 32)
 NEQUIP_FAST_ROW_FUNCTIONS(_x86_64_v4, __attribute__((target("arch=x86-64-v4"))), 64)
 #endif
-
-// 4: x86-64-v4 (AVX-512 F, VL, BW, DQ, CD), 3: x86-64-v3 (AVX2, FMA, BMI, ...), 0: the baseline.
-// NEQUIP_FAST_CPU_LEVEL caps it (tests run the lower versions on a machine with the higher ones).
-int isa_level() {
-  static const int level = [] {
-    int cap = 4;
-    if (const char* env = std::getenv("NEQUIP_FAST_CPU_LEVEL")) cap = std::atoi(env);
-#if NEQUIP_FAST_ISA_LEVELS
-    __builtin_cpu_init();
-    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("movbe") &&
-                    __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("sse4.2");
-    const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                    __builtin_cpu_supports("avx512cd");
-    return std::min(cap, v4 ? 4 : v3 ? 3 : 0);
-#else
-    (void)cap;
-    return 0;
-#endif
-  }();
-  return level;
-}
 
 // The row functions of this CPU's ISA level, with the channel count fixed at 32 (NequIP's default:
 // unrolled kernels) or read from the plan.

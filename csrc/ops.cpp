@@ -26,5 +26,8 @@ TORCH_LIBRARY(nequip_fast, m) {
   m.def("silu_grad(Tensor g, Tensor z) -> Tensor");
   m.def("silu_grad2(Tensor gg, Tensor g, Tensor z) -> (Tensor, Tensor)");
   m.def("silu_with_grad(Tensor z) -> (Tensor, Tensor)");  // (silu(z), silu'(z)), no autograd
+  // a^T b for a (K, m), b (K, n), K long: the weight gradients of the radial MLP's products
+  // (matmul_cpu.cpp; autograd in nequip_fast/ops/matmul.py).
+  m.def("matmul_tn(Tensor a, Tensor b) -> Tensor");
 }
 

@@ -362,10 +362,11 @@ def test_cpu_kernels_at_lower_isa_levels(level):
 
 
 def run_cpu_comparisons(env: dict, with_silu: bool = False) -> None:
-    """This file's CPU reference comparisons (and test_silu.py's) in a subprocess with ``env`` added;
+    """This file's CPU reference comparisons, test_matmul.py's of matmul_tn (and test_silu.py's) in a subprocess with ``env`` added;
     they must pass. Not the tests that start Python themselves: those processes would build or load
     the library again without ``env``."""
-    files, selection = [__file__], "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2"
+    files = [__file__, str(Path(__file__).with_name("test_matmul.py"))]
+    selection = "(cpu and (reference or gradcheck or edge_gradient)) or segment_conv2 or matmul_tn"
     if with_silu:
         files, selection = files + [str(Path(__file__).with_name("test_silu.py"))], selection + " or silu"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files,

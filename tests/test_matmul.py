@@ -58,9 +58,10 @@ def test_first_and_second_derivatives_equal_float64(onednn):
 def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
     """autograd.grad(E, x) asks for x only: the backward must not spend a product on the weight's;
     its products are ``matmul`` again (with a graph, so that the double backward has them too)."""
-    calls, onednn_calls = [], []
-    real, real_linear = mm.matmul, mm._linear
+    calls, onednn_calls, tn_calls = [], [], []
+    real, real_linear, real_tn = mm.matmul, mm._linear, mm.matmul_tn
     monkeypatch.setattr(mm, "matmul", lambda x, a: calls.append((tuple(x.shape), tuple(a.shape))) or real(x, a))
+    monkeypatch.setattr(mm, "matmul_tn", lambda x, g: tn_calls.append((tuple(x.shape), tuple(g.shape))) or real_tn(x, g))
     monkeypatch.setattr(mm, "_linear", lambda x, a: onednn_calls.append(tuple(x.shape)) or real_linear(x, a))
     x, a = _operands()
     xf, af = x.float().requires_grad_(), a.float().requires_grad_()
@@ -69,11 +70,11 @@ def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
         calls.clear(), onednn_calls.clear()
         y = real(xf, af * 2.0)
         (gx,) = torch.autograd.grad(y.pow(2).sum(), xf, create_graph=create_graph)  # a contiguous cotangent
-        assert calls == [((37, 19), (19, 24))] and onednn_calls == [(rows, 24), (rows, 19)]
+        assert calls == [((37, 19), (19, 24))] and onednn_calls == [(rows, 24), (rows, 19)] and tn_calls == []
     torch.testing.assert_close(gx, (2 * y) @ (af * 2.0).t())
     calls.clear()
-    real(xf, af * 2.0).sum().backward()  # both gradients; x.t() goes to MKL inside matmul
-    assert sorted(calls) == sorted([((37, 19), (19, 24)), ((24, 37), (37, 19))])
+    real(xf, af * 2.0).sum().backward()  # both gradients: the weight's is x^T g
+    assert calls == [((37, 19), (19, 24))] and tn_calls == [((37, 24), (37, 19))]
 
 
 def test_saves_only_what_the_backward_needs(onednn):
@@ -176,3 +177,58 @@ def test_model_forces_without_a_graph_equal_those_with_one(onednn, monkeypatch):
     kept = model(graph, create_graph=True).forces.detach()
     assert fast.abs().max() > 1e-2
     torch.testing.assert_close(fast, kept, rtol=1e-5, atol=1e-5 * fast.abs().max().item())
+
+
+def _tn_operands(k, m, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(k, m, dtype=torch.float64, generator=g), torch.randn(k, n, dtype=torch.float64, generator=g)
+
+
+# (k, m, n): one chunk of rows and several (1024 each), partial blocks of rows; tiles of a's columns
+# (6) with a remainder, every remainder of vectors of b's; a narrow n (the product computed as
+# (b^T a)^T), neither side a whole number of vectors and a side narrower than a tile (torch's), k = 0
+TN_SHAPES = [(300, 64, 64), (2500, 64, 64), (1100, 8, 64), (2049, 64, 8), (700, 13, 48), (700, 6, 16),
+             (500, 64, 112), (640, 96, 160), (300, 50, 50), (300, 64, 13), (200, 4, 64), (200, 64, 3), (0, 8, 16)]
+
+
+@pytest.mark.parametrize("shape", TN_SHAPES)
+def test_matmul_tn_equals_float64(shape):
+    x, g = _tn_operands(*shape)
+    y = mm.matmul_tn(x.float(), g.float())
+    assert y.shape == shape[1:] and y.dtype == torch.float32 and y.is_contiguous()
+    exact = x.t() @ g
+    scale = (x.abs().t() @ g.abs()).max().item() if shape[0] else 1.0  # the sums of the terms' magnitudes
+    torch.testing.assert_close(y.double(), exact, rtol=0, atol=2e-6 * scale)
+    if shape[0]:
+        assert type(mm.matmul_tn(x.float().requires_grad_(), g.float()).grad_fn).__name__ == "_MatmulTNBackward"
+
+
+def test_matmul_tn_does_not_depend_on_the_thread_count():
+    x, g = (t.float() for t in _tn_operands(5000, 64, 64))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = mm.matmul_tn(x, g)
+        torch.set_num_threads(max(2, threads))
+        assert torch.equal(mm.matmul_tn(x, g), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_matmul_tn_derivatives_equal_float64():
+    """First and second derivatives (a weight gradient in a force loss's double backward)."""
+    x, g = _tn_operands(1500, 8, 32)
+
+    def loss(x, g, product):
+        c = torch.tanh(product(x, g))
+        (gx,) = torch.autograd.grad(c.pow(2).sum(), x, create_graph=True)
+        return gx.pow(2).sum() + c.sum()
+
+    xf, gf = x.float().requires_grad_(), g.float().requires_grad_()
+    x.requires_grad_(), g.requires_grad_()
+    loss(xf, gf, mm.matmul_tn).backward()
+    loss(x, g, lambda x, g: x.t() @ g).backward()
+    for ours, exact in ((xf.grad, x.grad), (gf.grad, g.grad)):
+        torch.testing.assert_close(ours.double(), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+    xd, gd = (t.detach()[:40].clone().requires_grad_() for t in (x, g))
+    assert torch.autograd.gradcheck(mm.matmul_tn, (xd, gd)) and torch.autograd.gradgradcheck(mm.matmul_tn, (xd, gd))

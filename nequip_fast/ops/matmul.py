@@ -50,6 +50,17 @@ def _onednn_takes(x: torch.Tensor, a: torch.Tensor) -> bool:
             and x.is_contiguous() and not traced_or_transformed() and _available())
 
 
+def matmul_tn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``x.t() @ g`` for 2-d ``x`` (k, m) and ``g`` (k, n), k long: a weight gradient of ``matmul``.
+    float32 CPU in eager mode: the op ``nequip_fast::matmul_tn`` (csrc/matmul_cpu.cpp), 1.5-10x
+    torch's (MKL's) on the radial MLP's shapes (benchmarks/RESULTS.md, issue 14); its backward is
+    ``matmul`` again. Elsewhere torch's product."""
+    if (x.dtype == torch.float32 and g.dtype == torch.float32 and x.dim() == 2 and g.dim() == 2
+            and g.device.type == "cpu" and activations.fused(x)):  # fused: CPU eager, the ops library loaded
+        return _MatmulTN.apply(x, g)
+    return x.t() @ g
+
+
 def silu_matmul(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``silu(z) @ a``, a hidden layer of the radial MLP. Within ``constant_weights`` where oneDNN runs
     (float32 CPU eager), one pass gives silu(z) and silu'(z) and the backward is (g @ a^T) * silu'(z)
@@ -160,7 +171,7 @@ class _OneDNNMatmul(torch.autograd.Function):
         # inference the faster products (MKL here cost 7-10% of an l_max 1 E+F call at 1 thread;
         # oneDNN's primitives for these shapes ~20 MiB of peak: benchmarks/RESULTS.md, issue 14).
         grad_x = matmul(grad, a.t()) if _wanted(ctx, 0) else None
-        grad_a = matmul(x.t(), grad) if _wanted(ctx, 1) else None
+        grad_a = matmul_tn(x, grad) if _wanted(ctx, 1) else None
         return grad_x, grad_a
 
 
@@ -180,6 +191,27 @@ class _SiluMatmul(torch.autograd.Function):
                                "a backward with create_graph=True must run outside constant_weights()")
         ds, a = ctx.saved_tensors
         return _linear_rows(grad.contiguous(), a.t(), ds), None
+
+
+class _MatmulTN(torch.autograd.Function):
+    """``x.t() @ g`` whose backward is ``matmul`` (differentiable to any order): the gradients of
+    <c, x^T g> are g c^T for x and x c for g."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return torch.ops.nequip_fast.matmul_tn(x, g)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, g = inputs
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, g if ctx.needs_input_grad[0] else None)
+
+    @staticmethod
+    def backward(ctx, c):
+        x, g = ctx.saved_tensors
+        grad_x = matmul(g, c.t()) if _wanted(ctx, 0) else None
+        grad_g = matmul(x, c) if _wanted(ctx, 1) else None
+        return grad_x, grad_g
 
 
 def _wanted(ctx, i: int) -> bool:
