@@ -11,7 +11,7 @@
 // what torch gives (silu(-inf) and every derivative at +-inf are NaN).
 // float64: silu and g silu' are ATen's kernels, the pair one pass with std::exp (the model's float64
 // results stay those of torch to ~1e-15). float32 runs
-// in 8-float AVX2 lanes with a polynomial exp: within ~3 ulp of the truth (tests/test_silu.py
+// in 8-float lanes (16 with AVX-512) with a polynomial exp: within ~3 ulp of the truth (tests/test_silu.py
 // bounds it; torch's own float32 silu_backward is off by up to ~9 ulp). Lanes of doubles were
 // accurate to half an ulp but measured twice as slow, no faster than torch's silu.
 // Every element's result depends on its value only (the tail runs through the same vector code),
@@ -33,19 +33,26 @@ namespace {
 // The lane helpers are always inlined into the per-ISA versions, so no vector crosses a call
 // boundary (the ABI note GCC gives for the baseline version does not apply).
 #pragma GCC diagnostic ignored "-Wpsabi"
-typedef float Lanes __attribute__((vector_size(32)));      // 8 floats
-typedef int32_t LaneBits __attribute__((vector_size(32)));  // their bits, and comparison masks
-typedef float UnalignedLanes __attribute__((vector_size(32), aligned(4), may_alias));  // loads, stores
-constexpr int64_t kLanes = 8;
+// W floats (8: one AVX2 register, two SSE ones; 16: one AVX-512 register), their bits and
+// comparison masks, and the type of loads and stores.
+template <int W>
+struct Lanes {
+  typedef float F __attribute__((vector_size(4 * W)));
+  typedef int32_t Bits __attribute__((vector_size(4 * W)));
+  typedef float Unaligned __attribute__((vector_size(4 * W), aligned(4), may_alias));
+};
+template <typename F>  // the bits type of a float vector type
+using BitsOf = typename Lanes<sizeof(F) / 4>::Bits;
 constexpr int64_t kGrain = 1 << 15;  // elements per task: ~10 us of work
 
 // mask ? a : b per lane (masks are 0 or -1): a blend where the ISA's vectors hold 8 floats (kBlend),
 // else bit operations: GCC splits vector arithmetic wider than the ISA (the baseline's SSE2) into
 // halves, but a wide ?: or compare into scalar code.
-template <bool kBlend>
-NEQUIP_FAST_SILU_INLINE Lanes select(LaneBits mask, Lanes a, Lanes b) {
+template <bool kBlend, typename F>
+NEQUIP_FAST_SILU_INLINE F select(BitsOf<F> mask, F a, F b) {
+  using B = BitsOf<F>;
   if constexpr (kBlend) return mask ? a : b;
-  return (Lanes)((mask & (LaneBits)a) | (~mask & (LaneBits)b));
+  return (F)((mask & (B)a) | (~mask & (B)b));
 }
 
 // exp(-|z|) in float lanes from |z|'s bits: -|z| = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite),
@@ -53,40 +60,41 @@ NEQUIP_FAST_SILU_INLINE Lanes select(LaneBits mask, Lanes a, Lanes b) {
 // longer normal) the result is 0: z e is then below 1e-35 for every finite z, and an exact 0 keeps
 // silu(-inf) and the derivatives at +-inf NaN, as in torch (NaN z stays NaN through the factor z).
 // Masks come from integer bits, not float compares (see select).
-template <bool kBlend>
-NEQUIP_FAST_SILU_INLINE Lanes exp_minus(LaneBits magnitude) {
-  const LaneBits underflow = (LaneBits{} + 0x42ae999a - magnitude) >> 31;  // |z| > 87.3f (or NaN)
-  const Lanes x = select<kBlend>(underflow, Lanes{} - 87.3f, (Lanes)(magnitude | INT32_MIN));
-  const Lanes shift = Lanes{} + 0x1.8p23f;  // adding it rounds x / ln2 to an integer in the low bits
-  const Lanes t = x * 1.44269504088896341f + shift;
-  const Lanes n = t - shift;
-  Lanes r = x - n * 0.693359375f;  // ln2 split: the high part times n is exact
+template <bool kBlend, typename F>
+NEQUIP_FAST_SILU_INLINE F exp_minus(BitsOf<F> magnitude) {
+  using B = BitsOf<F>;
+  const B underflow = (B{} + 0x42ae999a - magnitude) >> 31;  // |z| > 87.3f (or NaN)
+  const F x = select<kBlend>(underflow, F{} - 87.3f, (F)(magnitude | INT32_MIN));
+  const F shift = F{} + 0x1.8p23f;  // adding it rounds x / ln2 to an integer in the low bits
+  const F t = x * 1.44269504088896341f + shift;
+  const F n = t - shift;
+  F r = x - n * 0.693359375f;  // ln2 split: the high part times n is exact
   r = r - n * -2.12194440e-4f;
-  Lanes p = Lanes{} + 1.9875691500e-4f;
+  F p = F{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const LaneBits exponent = ((LaneBits)t - (LaneBits)shift + 127) << 23;
-  return (Lanes)(~underflow & (LaneBits)(p * (Lanes)exponent));
+  const B exponent = ((B)t - (B)shift + 127) << 23;
+  return (F)(~underflow & (B)(p * (F)exponent));
 }
 
 // s = sigmoid(z) and q = 1 - s from e = exp(-|z|): z >= 0: s = 1 / (1 + e), q = e / (1 + e); z < 0
 // swapped (-0 either way: both give 1/2).
-template <bool kBlend>
-NEQUIP_FAST_SILU_INLINE void sigmoids(Lanes z, Lanes& s, Lanes& q) {
-  const LaneBits bits = (LaneBits)z;
-  const LaneBits negative = bits >> 31;
-  const Lanes e = exp_minus<kBlend>(bits & INT32_MAX);
-  const Lanes d = 1.0f / (1.0f + e), p = e * d;
+template <bool kBlend, typename F>
+NEQUIP_FAST_SILU_INLINE void sigmoids(F z, F& s, F& q) {
+  const BitsOf<F> bits = (BitsOf<F>)z;
+  const BitsOf<F> negative = bits >> 31;
+  const F e = exp_minus<kBlend, F>(bits & INT32_MAX);
+  const F d = 1.0f / (1.0f + e), p = e * d;
   s = select<kBlend>(negative, p, d);
   q = select<kBlend>(negative, d, p);
 }
 
 template <bool kBlend>
-NEQUIP_FAST_SILU_INLINE void sigmoids(double z, double& s, double& q) {
+NEQUIP_FAST_SILU_INLINE void sigmoids(double z, double& s, double& q) {  // exact: the float64 pair
   const double e = std::exp(-std::fabs(z));
   const double d = 1.0 / (1.0 + e), p = e * d;
   s = std::signbit(z) ? p : d;
@@ -137,24 +145,25 @@ struct SiluGrad2 {  // (gg, g, z) -> (gg silu'(z), gg g silu''(z))
   static constexpr int kIn = 3, kOut = 2;
 };
 
-// kLanes elements from i.
-template <bool kBlend, typename Op>
+// W elements from i.
+template <bool kBlend, typename Op, int W>
 NEQUIP_FAST_SILU_INLINE void step_f32(const float* const* in, float* const* out, int64_t i) {
-  Lanes x[Op::kIn], y[Op::kOut];
+  using U = typename Lanes<W>::Unaligned;
+  typename Lanes<W>::F x[Op::kIn], y[Op::kOut];
 #pragma GCC unroll 4
-  for (int k = 0; k < Op::kIn; ++k) x[k] = *reinterpret_cast<const UnalignedLanes*>(in[k] + i);
+  for (int k = 0; k < Op::kIn; ++k) x[k] = *reinterpret_cast<const U*>(in[k] + i);
   Op::template apply<kBlend>(x, y);
 #pragma GCC unroll 4
-  for (int k = 0; k < Op::kOut; ++k) *reinterpret_cast<UnalignedLanes*>(out[k] + i) = y[k];
+  for (int k = 0; k < Op::kOut; ++k) *reinterpret_cast<U*>(out[k] + i) = y[k];
 }
 
 // Elements [begin, end): whole steps, then the tail through the same code (zero padded).
-template <bool kBlend, typename Op>
+template <bool kBlend, typename Op, int W>
 NEQUIP_FAST_SILU_INLINE void run_f32(const float* const* in, float* const* out, int64_t begin, int64_t end) {
   int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) step_f32<kBlend, Op>(in, out, i);
+  for (; i + W <= end; i += W) step_f32<kBlend, Op, W>(in, out, i);
   if (i == end) return;
-  float in_tail[Op::kIn][kLanes] = {}, out_tail[Op::kOut][kLanes];
+  float in_tail[Op::kIn][W] = {}, out_tail[Op::kOut][W];
   const float* in_ptrs[Op::kIn];
   float* out_ptrs[Op::kOut];
   for (int k = 0; k < Op::kIn; ++k) {
@@ -162,7 +171,7 @@ NEQUIP_FAST_SILU_INLINE void run_f32(const float* const* in, float* const* out, 
     in_ptrs[k] = in_tail[k];
   }
   for (int k = 0; k < Op::kOut; ++k) out_ptrs[k] = out_tail[k];
-  step_f32<kBlend, Op>(in_ptrs, out_ptrs, 0);
+  step_f32<kBlend, Op, W>(in_ptrs, out_ptrs, 0);
   for (int k = 0; k < Op::kOut; ++k) std::memcpy(out[k] + i, out_tail[k], (end - i) * sizeof(float));
 }
 
@@ -183,19 +192,19 @@ NEQUIP_FAST_SILU_INLINE void run_f64(const double* const* in, double* const* out
 #define NEQUIP_FAST_SILU_KERNEL(NAME, OP)                                                                  \
   __attribute__((target("default"))) void NAME(const float* const* in, float* const* out, int64_t b,       \
                                                int64_t e) {                                               \
-    run_f32<false, OP>(in, out, b, e);                                                                     \
+    run_f32<false, OP, 8>(in, out, b, e);                                                                  \
   }                                                                                                        \
   __attribute__((target("arch=x86-64-v3"))) void NAME(const float* const* in, float* const* out, int64_t b, \
                                                       int64_t e) {                                        \
-    run_f32<true, OP>(in, out, b, e);                                                                      \
+    run_f32<true, OP, 8>(in, out, b, e);                                                                   \
   }                                                                                                        \
   __attribute__((target("arch=x86-64-v4"))) void NAME(const float* const* in, float* const* out, int64_t b, \
                                                       int64_t e) {                                        \
-    run_f32<true, OP>(in, out, b, e);                                                                      \
+    run_f32<true, OP, 16>(in, out, b, e);                                                                  \
   }
 #else
 #define NEQUIP_FAST_SILU_KERNEL(NAME, OP) \
-  void NAME(const float* const* in, float* const* out, int64_t b, int64_t e) { run_f32<false, OP>(in, out, b, e); }
+  void NAME(const float* const* in, float* const* out, int64_t b, int64_t e) { run_f32<false, OP, 8>(in, out, b, e); }
 #endif
 NEQUIP_FAST_SILU_KERNEL(silu_f32, Silu)
 NEQUIP_FAST_SILU_KERNEL(silu_grad_f32, SiluGrad)
