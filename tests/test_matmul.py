@@ -136,7 +136,7 @@ def test_padded_rows_are_cut_off(onednn):
 
 def test_silu_matmul_for_forces_keeps_the_derivative_and_is_one_product_back(onednn):
     """Forces without a graph: ``silu(z) @ a`` keeps silu'(z) (not z) and its backward is one oneDNN
-    product with a multiply; values and input gradient equal the unfused path's; a backward that
+    product and a multiply; values and input gradient equal the unfused path's; a backward that
     would keep a graph (never asked for by such calls) is refused rather than wrong."""
     from nequip_fast.ops import activations
 

@@ -63,9 +63,10 @@ def matmul_tn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def silu_matmul(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``silu(z) @ a``, a hidden layer of the radial MLP. Within ``constant_weights`` where oneDNN runs
-    (float32 CPU eager), one pass gives silu(z) and silu'(z) and the backward is (g @ a^T) * silu'(z)
-    as one oneDNN product with a multiply post-op: no separate backward pass of the SiLU, which read z
-    and g @ a^T and wrote their product (benchmarks/RESULTS.md, issue 14). That backward refuses
+    (float32 CPU eager), one pass gives silu(z) and silu'(z) and the backward is (g @ a^T) * silu'(z),
+    one oneDNN product and a multiply in place: no backward pass of the SiLU, which read z (oneDNN's
+    multiply post-op measured slower than the separate multiply, 0.54 against 0.48 ms at
+    21504 x 64 x 64; benchmarks/RESULTS.md, issue 14). That backward refuses
     create_graph (it has no derivative), which forces without a graph never ask for. Elsewhere
     ``matmul(silu(z), a)``."""
     if getattr(_local, "constant_weights", False) and _onednn_takes(z, a) and activations.fused(z):
@@ -114,9 +115,8 @@ def row_bucket(m: int) -> int:
     return -(-m // step) * step
 
 
-def _linear_rows(x: torch.Tensor, a: torch.Tensor, factor: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``_linear`` on ``row_bucket`` rows, zero rows appended and cut off again; with ``factor``
-    ((m, n), like the product) ``(x @ a) * factor`` in the same oneDNN call. oneDNN makes a
+def _linear_rows(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``_linear`` on ``row_bucket`` rows, zero rows appended and cut off again. oneDNN makes a
     primitive for each new shape (~2 ms at 21504 x 64 x 64, where the product takes 0.4) and keeps it
     for the process (~0.5 MiB), and the radial MLP's row count, the edge pairs, changes with nearly
     every MD step and training batch: unpadded, that cost more than oneDNN gains and grew its cache
@@ -125,11 +125,7 @@ def _linear_rows(x: torch.Tensor, a: torch.Tensor, factor: Optional[torch.Tensor
     rows = row_bucket(m)
     if rows != m:
         x = _pad_rows(x, rows)
-        factor = None if factor is None else _pad_rows(factor, rows)
-    if factor is None:
-        y = _linear(x, a)
-    else:
-        y = torch.ops.mkldnn._linear_pointwise.binary(x, factor.contiguous(), a.t(), None, "mul")
+    y = _linear(x, a)
     return y if rows == m else y[:m]
 
 
@@ -190,7 +186,7 @@ class _SiluMatmul(torch.autograd.Function):
             raise RuntimeError("silu_matmul within constant_weights() is for forces without a graph; "
                                "a backward with create_graph=True must run outside constant_weights()")
         ds, a = ctx.saved_tensors
-        return _linear_rows(grad.contiguous(), a.t(), ds), None
+        return _linear_rows(grad.contiguous(), a.t()).mul_(ds), None
 
 
 class _MatmulTN(torch.autograd.Function):
