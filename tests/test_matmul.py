@@ -232,3 +232,31 @@ def test_matmul_tn_derivatives_equal_float64():
         torch.testing.assert_close(ours.double(), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
     xd, gd = (t.detach()[:40].clone().requires_grad_() for t in (x, g))
     assert torch.autograd.gradcheck(mm.matmul_tn, (xd, gd)) and torch.autograd.gradgradcheck(mm.matmul_tn, (xd, gd))
+
+
+@pytest.mark.parametrize("constant", [False, True])
+def test_radial_mlp_pads_its_rows_once(onednn, monkeypatch, constant):
+    """Off a row bucket, the radial MLP pads its input once and cuts its output once: no product
+    pads its own operand (each such pad copied an (edges x width) operand), forward or backward;
+    values and gradients equal the unpadded float64 MLP's."""
+    from nequip_fast.model.radial import RadialMLP
+
+    mlp = RadialMLP([8, 64, 64, 48])
+    x = torch.randn(1003, 8, dtype=torch.float64)
+    assert mm.row_bucket(1003) > 1003
+    pads = []
+    real_pad = mm._pad_rows
+    monkeypatch.setattr(mm, "_pad_rows", lambda x, rows: pads.append(x.shape) or real_pad(x, rows))
+    xf = x.float().requires_grad_()
+    with mm.constant_weights(constant):
+        y = mlp.float()(xf)
+    (g,) = torch.autograd.grad(y.pow(2).sum(), xf)
+    assert pads == [] and y.shape == (1003, 48)
+    x64 = x.clone().requires_grad_()
+    mlp64 = RadialMLP([8, 64, 64, 48]).double()
+    mlp64.load_state_dict(mlp.state_dict())
+    with mm.constant_weights(constant):
+        y64 = mlp64(x64)
+    (g64,) = torch.autograd.grad(y64.pow(2).sum(), x64)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5 * y64.abs().max().item())
+    torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-4 * g64.abs().max().item())

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 from e3nn.math import normalize2mom
 
-from ..ops.matmul import matmul, silu_matmul
+from ..ops.matmul import bucketed, matmul, silu_matmul
 
 
 class EdgeCutoffs(torch.nn.Module):
@@ -108,6 +108,8 @@ class RadialMLP(torch.nn.Module):
         self.scales = tuple((1.0 if k == 0 else silu_norm) / math.sqrt(fan_in) for k, fan_in in enumerate(sizes[:-1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        x = bucketed(x)  # the products' row count, once for the chain
         for k, weight in enumerate(self.weights):
             x = matmul(x, weight * self.scales[k]) if k == 0 else silu_matmul(x, weight * self.scales[k])
-        return x
+        return x[:rows]
