@@ -112,4 +112,4 @@ class RadialMLP(torch.nn.Module):
         x = bucketed(x)  # the products' row count, once for the chain
         for k, weight in enumerate(self.weights):
             x = matmul(x, weight * self.scales[k]) if k == 0 else silu_matmul(x, weight * self.scales[k])
-        return x[:rows]
+        return x if x.shape[0] == rows else x[:rows]  # a slice's backward fills and copies, even of all rows
