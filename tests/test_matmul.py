@@ -185,10 +185,11 @@ def _tn_operands(k, m, n, seed=0):
 
 
 # (k, m, n): one chunk of rows and several (1024 each), partial blocks of rows; tiles of a's columns
-# (6) with a remainder, every remainder of vectors of b's; a narrow n (the product computed as
-# (b^T a)^T), neither side a whole number of vectors and a side narrower than a tile (torch's), k = 0
+# (6) with a remainder, every remainder of vectors of b's; a narrow n or an m wider than n (the product
+# computed as (b^T a)^T), neither side a whole number of vectors and a side narrower than a tile
+# (torch's), k = 0
 TN_SHAPES = [(300, 64, 64), (2500, 64, 64), (1100, 8, 64), (2049, 64, 8), (700, 13, 48), (700, 6, 16),
-             (500, 64, 112), (640, 96, 160), (300, 50, 50), (300, 64, 13), (200, 4, 64), (200, 64, 3), (0, 8, 16)]
+             (500, 64, 112), (640, 96, 160), (700, 160, 48), (300, 50, 50), (300, 64, 13), (200, 4, 64), (200, 64, 3), (0, 8, 16)]
 
 
 @pytest.mark.parametrize("shape", TN_SHAPES)
