@@ -374,3 +374,35 @@ def run_cpu_comparisons(env: dict, with_silu: bool = False) -> None:
                           env=dict(os.environ, **env), capture_output=True, text=True, cwd=Path(__file__).parent)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_forces_skip_the_gradient_of_the_first_layers_features():
+    """The first layer's features are the species embedding's: forces (the gradient to the edge
+    vectors) never use their gradient, so that transposed conv is not run (ops.engine), and the
+    forces are those of the reference backend."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from conftest import graph_of, random_crystal, small_model
+    from nequip_fast.ops import set_backend
+
+    try:
+        load_backend("cpu")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += func.name() == "nequip_fast::segment_conv"
+            return func(*args, **(kwargs or {}))
+
+    model = small_model(num_layers=3)
+    graph = graph_of(random_crystal(8), model)
+    set_backend(model, "reference")
+    reference = model(graph).forces
+    set_backend(model, "cpu")
+    with Count():
+        forces = model(graph).forces
+    assert Count.calls == 2 * 3 - 1  # every forward, the transposed convs of layers 2 and 3
+    torch.testing.assert_close(forces, reference, rtol=1e-10, atol=1e-10)

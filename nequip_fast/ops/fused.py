@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from .engine import will_use_grad
 from .plan import HEADER, PREAMBLE, ConvPlan
 
 _B_FEATURES = HEADER.index("b_features")
@@ -106,7 +107,7 @@ def register_fake_and_autograd(segment_name: str, edge_name: str, segment2_name:
         x, sh, w, plan, values, edge_index, ptr, perm = ctx.saved_tensors
         graph = (edge_index, ptr, perm)
         gx = None
-        if ctx.needs_input_grad[0]:
+        if will_use_grad(ctx, 0):  # not the first layer's features in forces
             gx = segment(grad, sh, w, plan, values, ctx.layout, *graph, not ctx.transpose)
         return gx, *operand_grads(ctx, grad, x, [(sh, w)], plan, values, graph), *(None,) * 7
 

@@ -27,6 +27,7 @@ import torch
 
 from . import activations
 from .eager import traced_or_transformed
+from .engine import will_use_grad
 
 _enabled: Optional[bool] = None  # None: not decided yet (the first float32 CPU call probes oneDNN)
 _local = threading.local()  # .constant_weights: inside ``constant_weights()`` on this thread
@@ -177,8 +178,8 @@ class _OneDNNMatmul(torch.autograd.Function):
         # ``matmul`` again: a graph (training on forces) gets this backward's backward, and forces in
         # inference the faster products (MKL here cost 7-10% of an l_max 1 E+F call at 1 thread;
         # oneDNN's primitives for these shapes ~20 MiB of peak: benchmarks/RESULTS.md, issue 14).
-        grad_x = matmul(grad, a.t()) if _wanted(ctx, 0) else None
-        grad_a = matmul_tn(x, grad) if _wanted(ctx, 1) else None
+        grad_x = matmul(grad, a.t()) if will_use_grad(ctx, 0) else None
+        grad_a = matmul_tn(x, grad) if will_use_grad(ctx, 1) else None
         return grad_x, grad_a
 
 
@@ -216,20 +217,6 @@ class _MatmulTN(torch.autograd.Function):
     @staticmethod
     def backward(ctx, c):
         x, g = ctx.saved_tensors
-        grad_x = matmul(g, c.t()) if _wanted(ctx, 0) else None
-        grad_g = matmul(x, c) if _wanted(ctx, 1) else None
+        grad_x = matmul(g, c.t()) if will_use_grad(ctx, 0) else None
+        grad_g = matmul(x, c) if will_use_grad(ctx, 1) else None
         return grad_x, grad_g
-
-
-def _wanted(ctx, i: int) -> bool:
-    """Whether this backward pass uses input i's gradient. ``needs_input_grad`` only says the input
-    requires grad: forces (``autograd.grad(E, pos)``) never use the weights' gradient, which torch's
-    own ``mm`` backward skips by asking the engine, as this does (the radial MLP's weights are
-    products, not leaves, so the engine can answer for them)."""
-    if not ctx.needs_input_grad[i]:
-        return False
-    node = ctx.next_functions[i][0]
-    try:
-        return node is not None and torch._C._will_engine_execute_node(node)
-    except (RuntimeError, AttributeError):  # a leaf under autograd.grad (the engine cannot say), or an old torch
-        return True
