@@ -37,9 +37,9 @@ def test_the_onednn_path_is_taken_only_where_it_may(onednn):
     assert type(mm.matmul(xf, af).grad_fn).__name__ == "MmBackward0"
 
 
-def test_first_and_second_derivatives_equal_float64(onednn):
-    """A force-like loss: the gradient of a function of y = x @ a, differentiated again (training)."""
-    x, a = _operands()
+def assert_force_loss_gradients_match(product, exact_product, x, a, tolerance):
+    """A force-like loss, the gradient of a function of y = product(x, a) differentiated again
+    (training): ``product`` on float32 operands against ``exact_product`` on the float64 ones."""
 
     def loss(x, a, product):
         scale = a * 1.5  # a product, not a leaf: the engine can tell whether its gradient is used
@@ -49,10 +49,14 @@ def test_first_and_second_derivatives_equal_float64(onednn):
 
     xf, af = x.float().requires_grad_(), a.float().requires_grad_()
     x.requires_grad_(), a.requires_grad_()
-    loss(xf, af, mm.matmul).backward()
-    loss(x, a, torch.mm).backward()
+    loss(xf, af, product).backward()
+    loss(x, a, exact_product).backward()
     for ours, exact in ((xf.grad, x.grad), (af.grad, a.grad)):
-        torch.testing.assert_close(ours.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+        torch.testing.assert_close(ours.double(), exact, rtol=tolerance, atol=tolerance * exact.abs().max().item())
+
+
+def test_first_and_second_derivatives_equal_float64(onednn):
+    assert_force_loss_gradients_match(mm.matmul, torch.mm, *_operands(), 1e-5)
 
 
 def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
@@ -219,18 +223,7 @@ def test_matmul_tn_does_not_depend_on_the_thread_count():
 def test_matmul_tn_derivatives_equal_float64():
     """First and second derivatives (a weight gradient in a force loss's double backward)."""
     x, g = _tn_operands(1500, 8, 32)
-
-    def loss(x, g, product):
-        c = torch.tanh(product(x, g))
-        (gx,) = torch.autograd.grad(c.pow(2).sum(), x, create_graph=True)
-        return gx.pow(2).sum() + c.sum()
-
-    xf, gf = x.float().requires_grad_(), g.float().requires_grad_()
-    x.requires_grad_(), g.requires_grad_()
-    loss(xf, gf, mm.matmul_tn).backward()
-    loss(x, g, lambda x, g: x.t() @ g).backward()
-    for ours, exact in ((xf.grad, x.grad), (gf.grad, g.grad)):
-        torch.testing.assert_close(ours.double(), exact, rtol=1e-4, atol=1e-4 * exact.abs().max().item())
+    assert_force_loss_gradients_match(mm.matmul_tn, lambda x, g: x.t() @ g, x, g, 1e-4)
     xd, gd = (t.detach()[:40].clone().requires_grad_() for t in (x, g))
     assert torch.autograd.gradcheck(mm.matmul_tn, (xd, gd)) and torch.autograd.gradgradcheck(mm.matmul_tn, (xd, gd))
 

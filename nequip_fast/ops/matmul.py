@@ -160,6 +160,12 @@ def _probe() -> bool:
         return False
 
 
+def _save_crosswise(ctx, inputs) -> None:
+    """For a product of two operands, as torch's mm: each is kept only for the other's gradient."""
+    x, a = inputs
+    ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, a if ctx.needs_input_grad[0] else None)
+
+
 class _OneDNNMatmul(torch.autograd.Function):
     """``x @ a`` whose backward is ``matmul`` again (so differentiable to any order)."""
 
@@ -167,10 +173,7 @@ class _OneDNNMatmul(torch.autograd.Function):
     def forward(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return _linear_rows(x, a)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, a = inputs  # as torch's mm: x only for a's gradient, a only for x's
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, a if ctx.needs_input_grad[0] else None)
+    setup_context = staticmethod(lambda ctx, inputs, output: _save_crosswise(ctx, inputs))
 
     @staticmethod
     def backward(ctx, grad):
@@ -209,10 +212,7 @@ class _MatmulTN(torch.autograd.Function):
     def forward(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return torch.ops.nequip_fast.matmul_tn(x, g)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, g = inputs
-        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, g if ctx.needs_input_grad[0] else None)
+    setup_context = staticmethod(lambda ctx, inputs, output: _save_crosswise(ctx, inputs))
 
     @staticmethod
     def backward(ctx, c):
