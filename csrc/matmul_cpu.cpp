@@ -6,8 +6,8 @@
 // operand first, slower still (benchmarks/RESULTS.md, issue 14). Here the sum over k runs as
 // rank-1 updates of register tiles: a tile of MR rows x NV vectors of the output stays in registers
 // while a block of k rows (contiguous in both operands) streams past it. Rows are cut into
-// chunks of a fixed size whose partial products are summed in chunk order, so the result does not
-// depend on the thread count.
+// chunks whose size depends on k alone, and their partial products are summed in chunk order, so
+// the result does not depend on the thread count.
 #include "isa.h"
 
 #include <ATen/ATen.h>
@@ -24,7 +24,10 @@ namespace {
 
 #define NEQUIP_FAST_MM_INLINE __attribute__((always_inline)) inline
 
-constexpr int64_t kChunkRows = 1024;  // rows per partial product (fixed: thread-count-independent sums)
+// Rows per partial product: at least kChunkRows, more where that would make over kMaxChunks partial
+// products (their m x n sums; 64 of 864 x 64 are 14 MB). A function of k alone, so the sums do not
+// depend on the thread count.
+constexpr int64_t kChunkRows = 1024, kMaxChunks = 64;
 constexpr int64_t kBlockRows = 128;  // rows per pass of the tiles: 1.3-1.6x faster than blocks sized to L1
 constexpr int64_t kMinRows = 6;  // rows of a's tile (MR) in every version
 
@@ -126,14 +129,16 @@ at::Tensor matmul_tn_cpu(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != at::kFloat || K == 0 || !(fits(m, n) || fits(n, m))) return at::mm(a.t(), b);
   if (!fits(m, n) || (m > n && fits(n, m))) return matmul_tn_cpu(b, a).t().contiguous();
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
-  const int64_t chunks = (K + kChunkRows - 1) / kChunkRows;
+  const int64_t chunk_rows =
+      std::max(kChunkRows, ((K + kMaxChunks - 1) / kMaxChunks + kBlockRows - 1) / kBlockRows * kBlockRows);
+  const int64_t chunks = (K + chunk_rows - 1) / chunk_rows;
   at::Tensor partial = at::empty({chunks, m, n}, a.options());
   const float* pa = ac.data_ptr<float>();
   const float* pb = bc.data_ptr<float>();
   float* pp = partial.data_ptr<float>();
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c)
-      rows_fn(pa, pb, c * kChunkRows, std::min(K, (c + 1) * kChunkRows), m, n, pp + c * m * n);
+      rows_fn(pa, pb, c * chunk_rows, std::min(K, (c + 1) * chunk_rows), m, n, pp + c * m * n);
   });
   if (chunks == 1) return partial[0];
   at::Tensor out = at::empty({m, n}, a.options());

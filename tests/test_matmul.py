@@ -65,7 +65,8 @@ def test_forces_do_not_compute_the_weight_gradient(onednn, monkeypatch):
     calls, onednn_calls, tn_calls = [], [], []
     real, real_linear, real_tn = mm.matmul, mm._linear, mm.matmul_tn
     monkeypatch.setattr(mm, "matmul", lambda x, a: calls.append((tuple(x.shape), tuple(a.shape))) or real(x, a))
-    monkeypatch.setattr(mm, "matmul_tn", lambda x, g: tn_calls.append((tuple(x.shape), tuple(g.shape))) or real_tn(x, g))
+    monkeypatch.setattr(mm, "matmul_tn",
+                        lambda x, g: tn_calls.append((tuple(x.shape), tuple(g.shape))) or real_tn(x, g))
     monkeypatch.setattr(mm, "_linear", lambda x, a: onednn_calls.append(tuple(x.shape)) or real_linear(x, a))
     x, a = _operands()
     xf, af = x.float().requires_grad_(), a.float().requires_grad_()
@@ -188,12 +189,13 @@ def _tn_operands(k, m, n, seed=0):
     return torch.randn(k, m, dtype=torch.float64, generator=g), torch.randn(k, n, dtype=torch.float64, generator=g)
 
 
-# (k, m, n): one chunk of rows and several (1024 each), partial blocks of rows; tiles of a's columns
-# (6) with a remainder, every remainder of vectors of b's; a narrow n or an m wider than n (the product
-# computed as (b^T a)^T), neither side a whole number of vectors and a side narrower than a tile
-# (torch's), k = 0
-TN_SHAPES = [(300, 64, 64), (2500, 64, 64), (1100, 8, 64), (2049, 64, 8), (700, 13, 48), (700, 6, 16),
-             (500, 64, 112), (640, 96, 160), (700, 160, 48), (300, 50, 50), (300, 64, 13), (200, 4, 64), (200, 64, 3), (0, 8, 16)]
+# (k, m, n): one chunk of rows and several (1024 each; beyond 64 chunks, longer ones), partial blocks
+# of rows; tiles of a's columns (6) with a remainder, every remainder of vectors of b's; a narrow n
+# or an m wider than n (the product computed as (b^T a)^T), neither side a whole number of vectors
+# and a side narrower than a tile (torch's), k = 0
+TN_SHAPES = [(300, 64, 64), (2500, 64, 64), (70000, 8, 16), (1100, 8, 64), (2049, 64, 8), (700, 13, 48),
+             (700, 6, 16), (500, 64, 112), (640, 96, 160), (700, 160, 48), (300, 50, 50), (300, 64, 13),
+             (200, 4, 64), (200, 64, 3), (0, 8, 16)]
 
 
 @pytest.mark.parametrize("shape", TN_SHAPES)
@@ -208,8 +210,9 @@ def test_matmul_tn_equals_float64(shape):
         assert type(mm.matmul_tn(x.float().requires_grad_(), g.float()).grad_fn).__name__ == "_MatmulTNBackward"
 
 
-def test_matmul_tn_does_not_depend_on_the_thread_count():
-    x, g = (t.float() for t in _tn_operands(5000, 64, 64))
+@pytest.mark.parametrize("k", [5000, 70000])
+def test_matmul_tn_does_not_depend_on_the_thread_count(k):
+    x, g = (t.float() for t in _tn_operands(k, 64, 16))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
