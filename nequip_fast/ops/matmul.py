@@ -64,7 +64,7 @@ def _onednn_takes(x: torch.Tensor, a: torch.Tensor) -> bool:
 
 def matmul_tn(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``x.t() @ g`` for 2-d ``x`` (k, m) and ``g`` (k, n), k long: a weight gradient of ``matmul``.
-    float32 CPU in eager mode: the op ``nequip_fast::matmul_tn`` (csrc/matmul_cpu.cpp), 1.5-10x
+    float32 CPU in eager mode: the op ``nequip_fast::matmul_tn`` (csrc/matmul_cpu.cpp), 1.6-9x
     torch's (MKL's) on the radial MLP's shapes (benchmarks/RESULTS.md, issue 14); its backward is
     ``matmul`` again. Elsewhere torch's product."""
     if (x.dtype == torch.float32 and g.dtype == torch.float32 and x.dim() == 2 and g.dim() == 2
