@@ -45,7 +45,7 @@ template <typename F>  // the bits type of a float vector type
 using BitsOf = typename Lanes<sizeof(F) / 4>::Bits;
 constexpr int64_t kGrain = 1 << 15;  // elements per task: ~10 us of work
 
-// mask ? a : b per lane (masks are 0 or -1): a blend where the ISA's vectors hold 8 floats (kBlend),
+// mask ? a : b per lane (masks are 0 or -1): a blend where one ISA vector holds the lanes (kBlend),
 // else bit operations: GCC splits vector arithmetic wider than the ISA (the baseline's SSE2) into
 // halves, but a wide ?: or compare into scalar code.
 template <bool kBlend, typename F>
@@ -272,7 +272,8 @@ std::tuple<at::Tensor, at::Tensor> silu_grad2_cpu(const at::Tensor& gg, const at
 }
 
 std::tuple<at::Tensor, at::Tensor> silu_with_grad_cpu(const at::Tensor& z) {
-  auto out = elementwise<1, 2>("silu_with_grad", {z}, silu_with_grad_f32, nullptr);  // float32: oneDNN's
+  // float32 only: its caller (ops/matmul.py: silu_matmul) takes the oneDNN path, which is float32
+  auto out = elementwise<1, 2>("silu_with_grad", {z}, silu_with_grad_f32, nullptr);
   return {out[0], out[1]};
 }
 

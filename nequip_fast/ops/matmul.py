@@ -50,7 +50,7 @@ def bucketed(x: torch.Tensor) -> torch.Tensor:
     each product padding its own operand copied every (m x 64 | n_w) operand both ways, which made
     an l_max 1 E+F call 10-15% slower on edge counts off a bucket (nearly every MD step)."""
     m = x.shape[0]
-    if not _onednn_takes(x, x[:1]) or row_bucket(m) == m:
+    if not _onednn_takes(x, x[:1]) or row_bucket(m) == m:  # x[:1]: any operand that oneDNN takes with x
         return x
     return torch.nn.functional.pad(x, (0, 0, 0, row_bucket(m) - m))
 
@@ -187,7 +187,8 @@ class _OneDNNMatmul(torch.autograd.Function):
 
 
 class _SiluMatmul(torch.autograd.Function):
-    """``silu(z) @ a`` for a constant ``a``, keeping silu'(z) (not z) for a backward that is one product."""
+    """``silu(z) @ a`` for a constant ``a``, keeping silu'(z) (not z) for a backward that is one product
+    and a multiply."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
