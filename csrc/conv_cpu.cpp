@@ -240,6 +240,24 @@ NEQUIP_FAST_INLINE typename Lanes<T, lanes_of(sizeof(T))>::type fold32(const typ
   }
 }
 
+// Where each output group's slice of an edge's rows begins, for prefetch_rows_part: line bounds
+// bounds[k * (groups + 1) + group], k = 0, 1, 2 for the x, w and sh rows.
+struct PrefetchParts {
+  std::vector<int32_t> bounds;
+  int64_t parts = 0;
+  template <typename T>
+  void fit(const Rows<T>& a) {
+    if (parts == a.plan.n_groups) return;
+    parts = a.plan.n_groups;
+    bounds.resize(3 * (parts + 1));
+    const int64_t counts[3] = {a.fa, a.fw, a.fs};
+    for (int k = 0; k < 3; ++k) {
+      const int64_t lines = (counts[k] * int64_t(sizeof(T)) + 63) / 64;
+      for (int64_t part = 0; part <= parts; ++part) bounds[k * (parts + 1) + part] = int32_t(lines * part / parts);
+    }
+  }
+};
+
 // Per edge block scratch: the edges' sh transposed, their contracted CG coefficients and
 // edge_grads' pair dots, [column or dense index][edge] so that the term loops run over the edges
 // with unit stride.
@@ -248,6 +266,7 @@ struct BlockScratch {
   std::vector<const T*> x, w, w2;
   std::vector<T> sht, c, dots, acc;  // w2: segment_conv2's second weights
   std::vector<T> dv;  // edge_grads: per dense index, <x[a], w g[kk]> in 32 bytes of lanes
+  PrefetchParts parts;
   void fit(int64_t n, int64_t fs, int64_t nc) {
     if (int64_t(x.size()) < n)
       x.resize(n), w.resize(n), w2.resize(n), sht.resize(n * fs), c.resize(n * nc), dots.resize(n * nc);
@@ -330,9 +349,9 @@ NEQUIP_FAST_INLINE void prefetch(const T* p, int64_t count) {
   for (int64_t f = 0; f < count; f += 64 / sizeof(T)) __builtin_prefetch(p + f, 0, LOCALITY);
 }
 
-// Most bytes of an edge block's rows that go to L1 by prefetch (the block in use holds as many):
-// every l_max 1 kernel (18-22 kB at 32 channels) but none at l_max 2 (49-82 kB: there into L2
-// measured as fast or faster).
+// Most bytes of an edge block's rows that go to L1 by prefetch, all at once (the block in use holds
+// as many): every l_max 1 kernel (18-22 kB at 32 channels) but none at l_max 2 (49-82 kB: there
+// into L2, a slice per output group, prefetch_rows_part).
 constexpr int64_t kL1PrefetchBytes = 24 << 10;
 
 // The gathered x rows, the w rows (and w2's) and the sh rows (and sh2's) of the n edges es: in row
@@ -347,12 +366,25 @@ NEQUIP_FAST_INLINE void prefetch_rows(const Rows<T>& a, const int64_t* es, int64
       prefetch<LOCALITY>(weight_row(a, es[j], a.w2), a.fw), prefetch<LOCALITY>(a.sh2 + es[j] * a.fs, a.fs);
   }
 }
-template <bool TWO, typename T>
-NEQUIP_FAST_INLINE void prefetch_edges(const Rows<T>& a, const int64_t* es, int64_t n) {
-  if (n * (a.fa + (TWO ? 2 : 1) * (a.fw + a.fs)) * int64_t(sizeof(T)) <= kL1PrefetchBytes)
-    prefetch_rows<3, TWO>(a, es, n);
-  else
-    prefetch_rows<2, TWO>(a, es, n);
+
+// Slice `part` of `parts` of those rows (PrefetchParts): at l_max 2 the next block's rows asked for
+// before each output group, not all at once, which had queued ~400 prefetches behind each other
+// and left the forward and the transposed convs waiting on them (1.04-1.15x faster spread).
+template <int LOCALITY, bool TWO, typename T>
+NEQUIP_FAST_INLINE void prefetch_rows_part(const Rows<T>& a, const int64_t* es, int64_t n, const int32_t* bounds,
+                                           int64_t part, int64_t parts) {
+  const int32_t* xb = bounds + part;
+  const int32_t* wb = xb + parts + 1;
+  const int32_t* sb = wb + parts + 1;
+  auto slice = [&](const T* p, const int32_t* b) NEQUIP_FAST_INLINE_LAMBDA {
+    for (int32_t l = b[0]; l < b[1]; ++l) __builtin_prefetch(p + l * (64 / sizeof(T)), 0, LOCALITY);
+  };
+  for (int64_t j = 0; j < n; ++j) {
+    slice(a.x + a.col[es[j]] * a.fa, xb);
+    slice(weight_row(a, es[j]), wb);
+    slice(a.sh + es[j] * a.fs, sb);
+    if constexpr (TWO) slice(weight_row(a, es[j], a.w2), wb), slice(a.sh2 + es[j] * a.fs, sb);
+  }
 }
 
 // One block of a row's edges as the group kernels read it.
@@ -363,6 +395,9 @@ struct EdgeBlock {
   const T* c;  // [dense index][edge], contract_sh
   int64_t n;
   bool first, last;  // the accumulators start at zero, the results go out
+  const int64_t* next = nullptr;  // the edges whose rows to prefetch, a slice per group
+  int64_t n_next = 0;
+  const int32_t* bounds = nullptr;  // PrefetchParts
 };
 
 // Output components [k0, k0 + KB) of group b over one edge block: per channel tile (VB-byte
@@ -418,9 +453,10 @@ NEQUIP_FAST_INLINE void segment_group(const Rows<T>& a, const PlanGroup& b, int6
 }
 
 // Every output group over one edge block.
-template <int VB, int64_t MUL, typename T>
+template <int VB, int64_t MUL, bool TWO, typename T>
 NEQUIP_FAST_INLINE void segment_groups(const Rows<T>& a, const EdgeBlock<T>& blk, T* accs, T* orow) {
   for (int64_t gi = 0; gi < a.plan.n_groups; ++gi) {
+    if (blk.n_next > 0) prefetch_rows_part<2, TWO>(a, blk.next, blk.n_next, blk.bounds, gi, a.plan.n_groups);
     const PlanGroup& b = a.plan.groups[gi];
     for_components(b.b_dim, [&]<int KB>(int64_t k0) NEQUIP_FAST_INLINE_LAMBDA {
       segment_group<VB, MUL, KB>(a, b, k0, blk, accs, orow);
@@ -435,6 +471,7 @@ template <int VB, int64_t MUL, bool TWO, typename T>
 NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>& s, T* orow) {
   const int64_t begin = a.ptr[r], n = a.ptr[r + 1] - begin;
   s.fit(n, a.fs, a.n_dense);
+  s.parts.fit(a);
   if (int64_t(s.acc.size()) < a.plan.b_features) s.acc.resize(a.plan.b_features);
   for (int64_t j = 0; j < n; ++j) {
     const int64_t e = a.perm[begin + j];
@@ -445,18 +482,24 @@ NEQUIP_FAST_INLINE void segment_row(const Rows<T>& a, int64_t r, BlockScratch<T>
   const int64_t block = a.plan.a_features > a.plan.b_features ? kEdgeBlock / 2 : kEdgeBlock;
   for (int64_t j0 = 0; j0 < n; j0 += block) {
     const int64_t nb = std::min(n - j0, block);
-    if (j0 + nb < n)  // the next block of this row, or the first of the next row
-      prefetch_edges<TWO>(a, a.perm + begin + j0 + nb, std::min(n - j0 - nb, block));
+    const int64_t* next = nullptr;  // the next block of this row, or the first of the next row
+    int64_t n_next = 0;
+    if (j0 + nb < n)
+      next = a.perm + begin + j0 + nb, n_next = std::min(n - j0 - nb, block);
     else if (r + 1 < a.rows)
-      prefetch_edges<TWO>(a, a.perm + a.ptr[r + 1], std::min(a.ptr[r + 2] - a.ptr[r + 1], block));
+      next = a.perm + a.ptr[r + 1], n_next = std::min(a.ptr[r + 2] - a.ptr[r + 1], block);
+    if (n_next * (a.fa + (TWO ? 2 : 1) * (a.fw + a.fs)) * int64_t(sizeof(T)) <= kL1PrefetchBytes)
+      prefetch_rows<3, TWO>(a, next, n_next), n_next = 0;  // into L1 at once
     const bool first = j0 == 0, last = j0 + nb == n;
     contract_sh(a, a.sh, a.perm + begin + j0, nb, s, s.c.data());
-    segment_groups<VB, MUL>(a, EdgeBlock<T>{s.x.data() + j0, s.w.data() + j0, s.c.data(), nb, first, last && !TWO},
-                            s.acc.data(), orow);
+    segment_groups<VB, MUL, TWO>(
+        a, EdgeBlock<T>{s.x.data() + j0, s.w.data() + j0, s.c.data(), nb, first, last && !TWO, next, n_next,
+                        s.parts.bounds.data()},
+        s.acc.data(), orow);
     if constexpr (TWO) {
       contract_sh(a, a.sh2, a.perm + begin + j0, nb, s, s.c.data());
-      segment_groups<VB, MUL>(a, EdgeBlock<T>{s.x.data() + j0, s.w2.data() + j0, s.c.data(), nb, false, last},
-                              s.acc.data(), orow);
+      segment_groups<VB, MUL, TWO>(a, EdgeBlock<T>{s.x.data() + j0, s.w2.data() + j0, s.c.data(), nb, false, last},
+                                   s.acc.data(), orow);
     }
   }
 }
@@ -563,18 +606,26 @@ NEQUIP_FAST_INLINE void edge_grads_edge(const Rows<T>& a, int64_t e, int64_t r, 
   }
 }
 
-// g_sh and g_w of the n edges es (every edge of a pair in the same block: they share a g_w row).
+// g_sh and g_w of the n edges es (every edge of a pair in the same block: they share a g_w row);
+// meanwhile the next_count items at next_w, the next block's weight rows, are prefetched.
 template <int VB, int64_t MUL, typename T>
 NEQUIP_FAST_INLINE void edge_grads_block(const Rows<T>& a, const int64_t* es, int64_t n, const int64_t* receiver,
-                                         BlockScratch<T>& s, T* g_sh, T* g_w) {
+                                         BlockScratch<T>& s, T* g_sh, T* g_w, const T* next_w, int64_t next_count) {
   s.fit(n, a.fs, a.n_dense);
   contract_sh(a, a.sh, es, n, s, s.c.data());
   T* dots = s.dots.data();
   // The first edge of a g_w row stores it, a pair's reverse (in [P, 2P), after its edge) adds to it:
   // no zero fill (it was 17% of the l_max 1 kernel).
-  for (int64_t j = 0; j < n; ++j)
+  constexpr int64_t kLine = 64 / sizeof(T);
+  const int64_t next_lines = (next_count + kLine - 1) / kLine;
+  for (int64_t j = 0; j < n; ++j) {
+    // the next block's weight rows (they stream from memory) into L2, a slice before each edge of
+    // this one: all at once into L1, the prefetches queued behind each other (1.04-1.1x at l_max 2)
+    for (int64_t l = next_lines * j / n; l < next_lines * (j + 1) / n; ++l)
+      __builtin_prefetch(next_w + l * kLine, 0, 2);
     edge_grads_edge<VB, MUL>(a, es[j], receiver[es[j]], s.c.data() + j, dots + j, n, s.dv.data(),
                              g_w + (weight_row(a, es[j]) - a.w), es[j] < a.pairs || es[j] >= 2 * a.pairs);
+  }
   // g_sh[e, col] = sum over the terms (pair q, col) of value * dots[pair_at[q]], vectorised over the edges.
   T* gsht = s.sht.data();
   for (int64_t f = 0; f < a.fs * n; ++f) gsht[f] = 0;
@@ -610,7 +661,7 @@ NEQUIP_FAST_INLINE void edge_grads_impl(const Rows<T>& a, int64_t begin, int64_t
                                         BlockScratch<T>& s, T* g_sh, T* g_w) {
   if (a.pairs == 0) {
     for (int64_t r = begin; r < end; ++r)
-      edge_grads_block<VB, MUL>(a, a.perm + a.ptr[r], a.ptr[r + 1] - a.ptr[r], receiver, s, g_sh, g_w);
+      edge_grads_block<VB, MUL>(a, a.perm + a.ptr[r], a.ptr[r + 1] - a.ptr[r], receiver, s, g_sh, g_w, a.w, 0);
     return;
   }
   for (int64_t k0 = begin; k0 < end; k0 += kPairBlock) {
@@ -619,10 +670,9 @@ NEQUIP_FAST_INLINE void edge_grads_impl(const Rows<T>& a, int64_t begin, int64_t
       if (k < a.pairs) es[n++] = k;
       es[n++] = k + a.pairs;
     }
-    // the next block's weight rows (they stream from memory), while this one runs
     const int64_t k1 = std::min(end, k0 + kPairBlock);
-    prefetch<3>(a.w + k1 * a.fw, (std::min(end, k1 + kPairBlock) - k1) * a.fw);  // into L1: 1.1-1.25x
-    edge_grads_block<VB, MUL>(a, es, n, receiver, s, g_sh, g_w);
+    edge_grads_block<VB, MUL>(a, es, n, receiver, s, g_sh, g_w, a.w + k1 * a.fw,
+                              (std::min(end, k1 + kPairBlock) - k1) * a.fw);
   }
 }
 
