@@ -284,14 +284,30 @@ NEQUIP_FAST_INLINE void contract_sh(const Rows<T>& a, const T* sh, const int64_t
   T* sht = s.sht.data();
   for (int64_t j = 0; j < n; ++j)
     for (int64_t f = 0; f < a.fs; ++f) sht[f * n + j] = sh[es[j] * a.fs + f];
-  for (int64_t m = 0; m < a.n_dense * n; ++m) c[m] = 0;
+  for (int64_t m = 0; m < a.n_dense * n; ++m) c[m] = 0;  // where no pair reaches
+  // Per pair, its terms summed in a register of K edges and stored once (a load, add and store per
+  // term and edge before: 15% of the l_max 2 forward).
   for (int64_t q = 0; q < a.plan.n_pairs; ++q) {
     T* cq = c + a.pair_at[q] * n;
-    for (int64_t i = a.plan.pairs[q].term_begin; i < a.plan.pairs[q].term_end; ++i) {
-      const T v = a.plan.values[i];
-      const T* y = sht + a.plan.terms[i].sh * n;
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) cq[j] += v * y[j];
+    const int32_t begin = a.plan.pairs[q].term_begin, end = a.plan.pairs[q].term_end;
+    int64_t j = 0;
+    auto edges = [&]<int K>() NEQUIP_FAST_INLINE_LAMBDA {  // edges [j, j + K) in one vector
+      using U = typename Lanes<T, K>::unaligned;
+      typename Lanes<T, K>::type acc{};
+      for (int32_t i = begin; i < end; ++i)
+        acc += a.plan.values[i] * *reinterpret_cast<const U*>(sht + a.plan.terms[i].sh * n + j);
+      *reinterpret_cast<U*>(cq + j) = acc;
+      j += K;
+    };
+    constexpr int kLanes = lanes_of(sizeof(T));  // blocks: 8 edges, 4 in the transposed convs, 32 in edge_grads
+    while (j + 4 * kLanes <= n) edges.template operator()<4 * kLanes>();
+    if (j + 2 * kLanes <= n) edges.template operator()<2 * kLanes>();
+    if (j + kLanes <= n) edges.template operator()<kLanes>();
+    if (j + kLanes / 2 <= n) edges.template operator()<kLanes / 2>();
+    for (; j < n; ++j) {
+      T acc = 0;
+      for (int32_t i = begin; i < end; ++i) acc += a.plan.values[i] * sht[a.plan.terms[i].sh * n + j];
+      cq[j] = acc;
     }
   }
 }
