@@ -45,6 +45,13 @@ def build_nequip_fast(cfg: ModelConfig, backend: str, state: Optional[dict], dev
     return model.to(device)
 
 
+def _set_training(model: torch.nn.Module, train: bool) -> None:
+    """``model.train(train)`` only when the mode changes: it visits every submodule (137 of ours, ~0.9
+    ms), which is the harness's cost, not the model's, and a user's calls do not pay it."""
+    if model.training != train:
+        model.train(train)
+
+
 def _train_step(model: torch.nn.Module, predict: Callable, num_atoms: int) -> Callable[[], None]:
     """Forward with forces kept differentiable, energy and force loss, backward, Adam step."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-6)
@@ -108,13 +115,13 @@ class Case:
             data = upstream.graph_data(graph)
 
             def predict(train: bool = False):
-                self.model.train(train)  # upstream keeps the force graph in training mode only
+                _set_training(self.model, train)  # upstream keeps the force graph in training mode only
                 return upstream.predict(self.model, data)
 
             op = None if conv is None or self.name == UPSTREAM_COMPILED else upstream.layer_conv(self.model, conv[0])
         else:
             def predict(train: bool = False):
-                self.model.train(train)
+                _set_training(self.model, train)
                 pred = self.model(graph, forces=True, stress=self.stress, create_graph=train)
                 return pred.energy, pred.forces
 
