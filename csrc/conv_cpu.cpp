@@ -34,24 +34,6 @@ inline int64_t block_dim(const PlanBlock& b) { return b.dim; }
 inline int64_t block_off(const PlanGroup& g) { return g.b_off; }
 inline int64_t block_dim(const PlanGroup& g) { return g.b_dim; }
 
-// [n][off + u * dim + i] -> [n][off + i * mul + u] for each block (PlanBlock or PlanGroup).
-template <typename T, typename Block>
-at::Tensor to_ir_mul(const at::Tensor& src, const Block* blocks, int64_t num_blocks) {
-  const int64_t n = src.size(0), f = src.size(1);
-  at::Tensor dst = at::empty_like(src);
-  const T* s = src.data_ptr<T>();
-  T* d = dst.data_ptr<T>();
-  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      for (int64_t bi = 0; bi < num_blocks; ++bi) {
-        const int64_t off = block_off(blocks[bi]), dim = block_dim(blocks[bi]), mul = blocks[bi].mul;
-        for (int64_t u = 0; u < mul; ++u)
-          for (int64_t i = 0; i < dim; ++i) d[r * f + off + i * mul + u] = s[r * f + off + u * dim + i];
-      }
-  });
-  return dst;
-}
-
 // What a range of rows needs, as raw pointers: the per-ISA versions below must not call into libtorch.
 template <typename T>
 struct Rows {
@@ -117,6 +99,33 @@ void dense_order(const PlanView<T>& plan, DenseOrder& order) {
 #define NEQUIP_FAST_INLINE __attribute__((always_inline)) inline
 // Lambdas too: one left out of line would be compiled for the baseline ISA, not the caller's version.
 #define NEQUIP_FAST_INLINE_LAMBDA __attribute__((always_inline))
+
+// One irrep block of a row, [u][i] -> [i][u]: stores with unit stride, loads with stride DIM, which
+// the compiler turns into vector permutes when DIM is fixed (0: read from dim).
+template <int64_t DIM, typename T>
+NEQUIP_FAST_INLINE void block_to_ir_mul(const T* s, T* d, int64_t mul, int64_t dim) {
+  const int64_t D = DIM > 0 ? DIM : dim;
+  for (int64_t i = 0; i < D; ++i)
+    for (int64_t u = 0; u < mul; ++u) d[i * mul + u] = s[u * D + i];
+}
+
+// Rows [begin, end) of [n][off + u * dim + i] -> [n][off + i * mul + u] for each block (PlanBlock
+// or PlanGroup), f features per row.
+template <typename T, typename Block>
+NEQUIP_FAST_INLINE void to_ir_mul_impl(const T* s, T* d, int64_t f, int64_t begin, int64_t end, const Block* blocks,
+                                       int64_t num_blocks) {
+  for (int64_t r = begin; r < end; ++r)
+    for (int64_t bi = 0; bi < num_blocks; ++bi) {
+      const int64_t off = r * f + block_off(blocks[bi]), dim = block_dim(blocks[bi]), mul = blocks[bi].mul;
+      switch (dim) {
+        case 1: std::copy(s + off, s + off + mul, d + off); break;
+        case 3: block_to_ir_mul<3>(s + off, d + off, mul, dim); break;
+        case 5: block_to_ir_mul<5>(s + off, d + off, mul, dim); break;
+        case 7: block_to_ir_mul<7>(s + off, d + off, mul, dim); break;
+        default: block_to_ir_mul<0>(s + off, d + off, mul, dim);
+      }
+    }
+}
 
 // Edge layout [P edges, their P reverses, U unpaired], E = 2P + U, with R = E - P weight rows: a
 // pair's two edges share one row (the radial network runs once per pair). P = 0: one row per edge.
@@ -695,6 +704,11 @@ NEQUIP_FAST_INLINE void edge_grads_impl(const Rows<T>& a, int64_t begin, int64_t
 // One version of the row functions per ISA level (isa.h), picked once at run time: AVX-512 with
 // 64-byte vectors, AVX2+FMA with 32-byte ones, baseline x86-64 (SSE2) with 16-byte ones.
 #define NEQUIP_FAST_ROW_FUNCTIONS(SUFFIX, TARGET, VB)                                                            \
+  template <typename T, typename Block>                                                                         \
+  TARGET void to_ir_mul##SUFFIX(const T* s, T* d, int64_t f, int64_t begin, int64_t end, const Block* blocks,   \
+                                int64_t num_blocks) {                                                          \
+    to_ir_mul_impl(s, d, f, begin, end, blocks, num_blocks);                                                    \
+  }                                                                                                            \
   template <int64_t MUL, bool TWO, typename T>                                                                 \
   TARGET void segment_rows##SUFFIX(const Rows<T>& a, int64_t begin, int64_t end, BlockScratch<T>& s, T* out) { \
     segment_rows_impl<VB, MUL, TWO>(a, begin, end, s, out);                                                     \
@@ -741,6 +755,24 @@ void edge_grads_rows(const Rows<T>& a, int64_t begin, int64_t end, const int64_t
 #endif
   return mul32 ? edge_grads_baseline<32>(a, begin, end, receiver, s, g_sh, g_w)
                : edge_grads_baseline<0>(a, begin, end, receiver, s, g_sh, g_w);
+}
+
+// [n][off + u * dim + i] -> [n][off + i * mul + u] for each block, with this CPU's ISA level
+// (scalar, the transposes had been 9-13% of edge_grads and of the transposed conv at l_max 2).
+template <typename T, typename Block>
+at::Tensor to_ir_mul(const at::Tensor& src, const Block* blocks, int64_t num_blocks) {
+  const int64_t n = src.size(0), f = src.size(1);
+  at::Tensor dst = at::empty_like(src);
+  const T* s = src.data_ptr<T>();
+  T* d = dst.data_ptr<T>();
+  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+#if NEQUIP_FAST_ISA_LEVELS
+    if (isa_level() >= 4) return to_ir_mul_x86_64_v4(s, d, f, begin, end, blocks, num_blocks);
+    if (isa_level() >= 3) return to_ir_mul_x86_64_v3(s, d, f, begin, end, blocks, num_blocks);
+#endif
+    to_ir_mul_baseline(s, d, f, begin, end, blocks, num_blocks);
+  });
+  return dst;
 }
 
 // The kernels' operands; `order` holds the dense pair indices that the rows point into.
