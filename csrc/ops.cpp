@@ -29,5 +29,9 @@ TORCH_LIBRARY(nequip_fast, m) {
   // a^T b for a (K, m), b (K, n), K long: the weight gradients of the radial MLP's products
   // (matmul_cpu.cpp; autograd in nequip_fast/ops/matmul.py).
   m.def("matmul_tn(Tensor a, Tensor b) -> Tensor");
+  // A tabulated radial network (table_cpu.cpp; autograd in nequip_fast/ops/table.py): per edge,
+  // w[e] = sum_k t[e]^k table[4 interval[e] + k], and the t-derivative of <g, w> per edge.
+  m.def("table_lookup(Tensor interval, Tensor t, Tensor table) -> Tensor");
+  m.def("table_lookup_backward(Tensor g, Tensor interval, Tensor t, Tensor table) -> Tensor");
 }
 

@@ -20,6 +20,8 @@ from nequip_fast.ase import NequIPCalculator
 from nequip_fast.cli import main as cli_main
 from nequip_fast.deploy import DeployedPotential, read_metadata
 from nequip_fast.model.tabulated import NormalisedLength, TabulatedRadial, hermite_coefficients, is_tabulated, tabulate
+from nequip_fast.ops import set_backend
+from nequip_fast.ops import table as table_ops
 
 COARSE = 1e-4  # the deployed tabulated test model: few intervals, errors far above float64 rounding
 
@@ -70,11 +72,12 @@ def test_table_ends():
     finite at r = 0, where sin(kr)/r is 0/0 for the MLP."""
     model = small_model(seed=2)
     table = radial_functions(tabulate(model, 1e-5))[0]
-    r = torch.tensor([0.0, model.r_max, model.r_max + 0.3], dtype=torch.float64, requires_grad=True)
+    # the last point sets the scale of the slopes (at r = 0 the slope is zero: sin(kr)/r is even)
+    r = torch.tensor([0.0, model.r_max, model.r_max + 0.3, model.r_max / 2], dtype=torch.float64, requires_grad=True)
     w = table(r)
     (grad,) = torch.autograd.grad(w.square().sum() + w.sum(), r)
     assert torch.isfinite(w).all() and torch.isfinite(grad).all()
-    assert w[1:].abs().max() <= 1e-12 * w.abs().max() and grad[1:].abs().max() <= 1e-12 * grad.abs().max()
+    assert w[1:3].abs().max() <= 1e-12 * w.abs().max() and grad[1:3].abs().max() <= 1e-12 * grad.abs().max()
     near_zero = torch.tensor([1e-3], dtype=torch.float64)
     exact = radial_functions(model)[0](near_zero)
     torch.testing.assert_close(w[:1].detach(), exact, rtol=0, atol=1e-4 * float(exact.abs().max().detach()))
@@ -145,6 +148,55 @@ def test_forces_are_the_gradient_of_the_tabulated_energy():
         fd[index] = -(energy(plus) - energy(minus)) / (2 * delta)
     assert np.abs(fd - forces).max() < 1e-8
     assert np.abs(untabulated - forces).max() > 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_table_lookup_op_matches_embedding_bag(dtype):
+    """The C++ lookup and its t-derivative (one pass over the rows) against embedding_bag's, and its
+    second derivative (torch ops); out-of-range intervals and a table that wants a gradient are errors."""
+    if not table_ops.load():
+        pytest.skip("the ops library does not build here (no C++ compiler)")
+    g = torch.Generator().manual_seed(11)
+    n, width, edges = 9, 37, 200
+    table = torch.randn(4 * n, width, dtype=dtype, generator=g)
+    interval = torch.randint(0, n, (edges,), generator=g)
+    t = torch.rand(edges, dtype=dtype, generator=g).requires_grad_(True)
+    cot = torch.randn(edges, width, dtype=dtype, generator=g)
+    got, expected = table_ops.table_lookup(interval, t, table), table_ops.lookup_reference(interval, t, table)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, expected, **tol)
+    (d_got,) = torch.autograd.grad(got, t, cot, create_graph=True)
+    (d_expected,) = torch.autograd.grad(expected, t, cot, create_graph=True)
+    torch.testing.assert_close(d_got, d_expected, **tol)
+    c = torch.randn(edges, dtype=dtype, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(d_got, t, c)[0], torch.autograd.grad(d_expected, t, c)[0], **tol)
+    if dtype == torch.float64:
+        few = (interval[:12], t[:12].detach().clone().requires_grad_(True))
+        assert torch.autograd.gradcheck(lambda u: table_ops.table_lookup(few[0], u, table), (few[1],))
+        assert torch.autograd.gradgradcheck(lambda u: table_ops.table_lookup(few[0], u, table), (few[1],))
+    with pytest.raises(RuntimeError, match="outside the table's 9 intervals"):
+        table_ops.table_lookup(interval + n, t, table)
+    with pytest.raises(ValueError, match="constant"):
+        table_ops.table_lookup(interval, t, table.requires_grad_(True))
+
+
+def test_tabulated_lookup_op_follows_the_conv_backend():
+    """The lookup op where the convs use the ops library, embedding_bag with the reference conv:
+    the same energies and forces (float64)."""
+    if not table_ops.load():
+        pytest.skip("the ops library does not build here (no C++ compiler)")
+    model = small_model(seed=12, l_max=2)
+    atoms = random_crystal(seed=12)
+    set_backend(model, "cpu")
+    fused = tabulate(model, 1e-6)
+    set_backend(model, "reference")
+    plain = tabulate(model, 1e-6)
+    assert all(layer.block.radial_mlp.fused_lookup for layer in fused.energy_model.layers)
+    assert not any(layer.block.radial_mlp.fused_lookup for layer in plain.energy_model.layers)
+    set_backend(plain, "cpu")  # the same conv: only the lookup differs
+    a, b = fused(graph_of(atoms, model), stress=True), plain(graph_of(atoms, model), stress=True)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(getattr(a, key), getattr(b, key), rtol=1e-11, atol=1e-11)
 
 
 def test_tabulate_keeps_the_model_and_refuses_twice():

@@ -23,6 +23,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..ops import auto_backend, convolutions
+from ..ops import table as table_ops
 from .potential import Potential
 from .radial import EdgeCutoffs
 
@@ -51,9 +53,10 @@ class TabulatedRadial(torch.nn.Module):
 
     Row ``4 i + k`` of ``table`` holds the ``t**k`` coefficients on interval ``i`` (``t`` in
     [0, 1]), so one ``embedding_bag`` gathers the four rows of each edge and sums them weighted
-    by ``t**k``: no ``(rows, 4, W)`` intermediate, and its backward (d/dt) is fused too. Lengths
-    are clamped to ``[0, 1]`` with tensor ops only (no data-dependent branches, so it
-    exports); beyond x = 1 the table is its end value, the MLP's zero.
+    by ``t**k``: no ``(rows, 4, W)`` intermediate. With ``fused_lookup`` (set by ``tabulate`` where
+    the model's convs run on the ops library; not saved) CPU lookups are ``ops.table``'s op, whose
+    backward (d/dt) is one pass over the rows. Lengths are clamped to ``[0, 1]`` with tensor ops only
+    (no data-dependent branches, so it exports); beyond x = 1 the table is its end value, the MLP's zero.
     """
 
     def __init__(self, coefficients: torch.Tensor):
@@ -62,10 +65,13 @@ class TabulatedRadial(torch.nn.Module):
         self.register_buffer("table", coefficients.reshape(num_intervals * 4, width).contiguous())
         self.register_buffer("offsets", torch.arange(4), persistent=False)
         self.num_intervals = num_intervals
+        self.fused_lookup = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = (x.squeeze(-1) * float(self.num_intervals)).clamp(0.0, float(self.num_intervals))
         interval = u.detach().floor().clamp(max=self.num_intervals - 1)
+        if self.fused_lookup and table_ops.fused(u):
+            return table_ops.table_lookup(interval.long(), u - interval, self.table)
         t = (u - interval).unsqueeze(-1)
         rows = interval.long().unsqueeze(-1) * 4 + self.offsets
         powers = torch.cat((torch.ones_like(t), t, t * t, t * t * t), dim=-1)
@@ -194,8 +200,12 @@ def tabulate(model: Potential, tolerance: float | None = None) -> Potential:
         energy.radial = radial
         for layer, mlp in zip(energy.layers, mlps):
             layer.block.radial_mlp = mlp
+    # the lookup op where the convs already need the ops library (a deployed file loads it for them)
+    backends = {auto_backend(device) if conv.backend == "auto" else conv.backend for conv in convolutions(out)}
+    fused_lookup = backends <= {"cpu", "cuda"} and table_ops.load()
     for layer, (coefficients, _) in zip(out.energy_model.layers, tables):
         layer.block.radial_mlp = TabulatedRadial(coefficients).to(device)
+        layer.block.radial_mlp.fused_lookup = fused_lookup
     out.radial_table = TabulationReport(tolerance, tuple(report for _, report in tables))
     return out.eval()
 

@@ -15,14 +15,11 @@ tangent). Fake implementations are registered all the same, so a trace that does
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .eager import traced_or_transformed
 
 _FUSED_DTYPES = (torch.float32, torch.float64)
-_loaded: Optional[bool] = None  # whether the ops are registered in this process (None: not tried yet)
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
@@ -44,20 +41,11 @@ def silu_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _load() -> bool:
-    """Load the ops library (compiling it on first use) and register fake impls and autograd, once per
-    process; False where it cannot be built (conv backend ``auto`` already warns about that)."""
-    global _loaded
-    if _loaded is None:
-        from . import native
+    """Whether the ops are loaded and registered here (``native.registered``); conv backend ``auto``
+    already warns where the library cannot be built."""
+    from . import native
 
-        try:
-            native.load()
-        except RuntimeError:
-            _loaded = False
-        else:
-            _register()
-            _loaded = True
-    return _loaded
+    return native.registered(_register)
 
 
 def _derivatives(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

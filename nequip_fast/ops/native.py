@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -133,6 +133,23 @@ def load() -> Path:
                 _build(path)
     torch.ops.load_library(str(path))
     return path
+
+
+_registered: dict[Callable[[], None], bool] = {}
+
+
+def registered(register: Callable[[], None]) -> bool:
+    """Load the ops (compiling them on first use) and run ``register`` (a module's fake impls and
+    autograd for them) once per process; False where the library cannot be built."""
+    if register not in _registered:
+        try:
+            load()
+        except RuntimeError:
+            _registered[register] = False
+        else:
+            register()
+            _registered[register] = True
+    return _registered[register]
 
 
 def _build(path: Path) -> None:
