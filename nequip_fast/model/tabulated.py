@@ -63,19 +63,14 @@ class TabulatedRadial(torch.nn.Module):
         super().__init__()
         num_intervals, _, width = coefficients.shape
         self.register_buffer("table", coefficients.reshape(num_intervals * 4, width).contiguous())
-        self.register_buffer("offsets", torch.arange(4), persistent=False)
         self.num_intervals = num_intervals
         self.fused_lookup = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = (x.squeeze(-1) * float(self.num_intervals)).clamp(0.0, float(self.num_intervals))
         interval = u.detach().floor().clamp(max=self.num_intervals - 1)
-        if self.fused_lookup and table_ops.fused(u):
-            return table_ops.table_lookup(interval.long(), u - interval, self.table)
-        t = (u - interval).unsqueeze(-1)
-        rows = interval.long().unsqueeze(-1) * 4 + self.offsets
-        powers = torch.cat((torch.ones_like(t), t, t * t, t * t * t), dim=-1)
-        return torch.nn.functional.embedding_bag(rows, self.table, per_sample_weights=powers, mode="sum")
+        lookup = table_ops.table_lookup if self.fused_lookup and table_ops.fused(u) else table_ops.embedding_bag_lookup
+        return lookup(interval.long(), u - interval, self.table)
 
     def extra_repr(self) -> str:
         return f"intervals={self.num_intervals}, width={self.table.shape[-1]}"

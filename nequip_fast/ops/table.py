@@ -6,9 +6,11 @@ per-sample weights calls a BLAS dot per edge and table row (6-7% of a deployed E
 
 Used for CPU float tensors by models whose convolution runs on the ops library (eager and in a
 deployed file, which loads the library for its conv anyway: ``model.tabulated``). The second
-derivative is torch ops (``embedding_bag``), right at every order.
+derivative is torch ops (``embedding_bag_lookup``, also the lookup everywhere else), right at every order.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -28,16 +30,19 @@ def table_lookup(interval: torch.Tensor, t: torch.Tensor, table: torch.Tensor) -
     return torch.ops.nequip_fast.table_lookup(interval, t, table)
 
 
-def lookup_reference(interval: torch.Tensor, t: torch.Tensor, table: torch.Tensor, powers: tuple = (0, 1, 2, 3),
-                     factors: tuple = (1, 1, 1, 1)) -> torch.Tensor:
-    """``sum_j factors[j] t**(powers[j] - k0) table[4 i + powers[j]]`` by ``embedding_bag`` (torch ops,
-    differentiable to any order); the defaults give the lookup itself."""
-    k0 = powers[0]
-    rows = interval.unsqueeze(-1) * 4 + torch.tensor(powers, device=interval.device)
-    tk = t.unsqueeze(-1)
-    weights = torch.cat([f * tk ** (k - k0) if k > k0 else torch.full_like(tk, f) for k, f in zip(powers, factors)],
-                        dim=-1)
-    return torch.nn.functional.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+def embedding_bag_lookup(interval: torch.Tensor, t: torch.Tensor, table: torch.Tensor,
+                         derivative: int = 0) -> torch.Tensor:
+    """The lookup (``derivative`` 0) or its ``derivative``-th t-derivative in torch ops: one
+    ``embedding_bag`` of the rows ``4 i + k``, k >= derivative, weighted by d^n/dt^n t**k (any device,
+    differentiable to any order)."""
+    rows = interval.unsqueeze(-1) * 4 + torch.arange(derivative, 4, device=interval.device)
+    t = t.unsqueeze(-1)
+    weights, power = [], torch.ones_like(t)
+    for k in range(derivative, 4):  # t**(k - derivative) by products, as (1, t, t * t, t * t * t)
+        factor = math.perm(k, derivative)  # k! / (k - derivative)!
+        weights.append(power if factor == 1 else factor * power)
+        power = power * t
+    return torch.nn.functional.embedding_bag(rows, table, per_sample_weights=torch.cat(weights, dim=-1), mode="sum")
 
 
 def load() -> bool:
@@ -64,8 +69,8 @@ def _register() -> None:
         # <c, dt> with dt[e] = <g[e], D[e]>, D = table[4i+1] + 2t table[4i+2] + 3t^2 table[4i+3]:
         # d/dg = c D, d/dt = c <g, 2 table[4i+2] + 6t table[4i+3]>
         g, interval, t, table = ctx.saved_tensors
-        d_g = c.unsqueeze(-1) * lookup_reference(interval, t, table, (1, 2, 3), (1, 2, 3))
-        d_t = c * (g * lookup_reference(interval, t, table, (2, 3), (2, 6))).sum(-1)
+        d_g = c.unsqueeze(-1) * embedding_bag_lookup(interval, t, table, 1)
+        d_t = c * (g * embedding_bag_lookup(interval, t, table, 2)).sum(-1)
         return d_g, None, d_t, None
 
     torch.library.register_autograd("nequip_fast::table_lookup", lookup_backward, setup_context=save_inputs)
